@@ -37,6 +37,7 @@ __all__ = [
     "load_images",
     "drop_unreadable",
     "check_on_error",
+    "check_files",
 ]
 
 
@@ -365,13 +366,71 @@ def drop_unreadable(
     return dataset.subset(ok)
 
 
+def _header_problem(path: Path) -> str | None:
+    """Why ``path`` is not an openable image (``None`` if it is); reads only the header."""
+    if not path.is_file():
+        return f"missing image {path}"
+    try:
+        with Image.open(path):
+            return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return f"unreadable image {path}"
+
+
+def check_files(
+    root: Path,
+    paths: Sequence[str],
+    *,
+    on_error: OnError,
+    source: str,
+    check_headers: bool | None = None,
+) -> np.ndarray:
+    """Check that listed image files exist (and, when skipping, that their headers read).
+
+    Parameters
+    ----------
+    root
+        Directory the paths are relative to.
+    paths
+        Relative image paths ``(N,)``.
+    on_error
+        ``"raise"``: the first missing file is an :class:`InputError` naming it and ``source``;
+        ``"skip"``: missing or unreadable files are left out with one warning.
+    source
+        The list file or folder the paths came from (for messages).
+    check_headers
+        Also open each image's header; default: only when skipping.
+
+    Returns
+    -------
+    np.ndarray
+        int64 positions of the usable paths.
+    """
+    check_headers = (on_error == "skip") if check_headers is None else check_headers
+    problems: list[str] = []
+    keep: list[int] = []
+    for i, p in enumerate(paths):
+        full = root / p
+        why = _header_problem(full) if check_headers else (None if full.is_file() else f"missing image {full}")
+        if why is None:
+            keep.append(i)
+            continue
+        if on_error == "raise":
+            more = sum(1 for q in paths[i + 1:] if not (root / q).is_file())
+            tail = f" (and {more} more missing)" if more else ""
+            raise InputError(f"{why} (listed in {source}){tail}")
+        problems.append(why)
+    report_skipped(problems)
+    return np.asarray(keep, dtype=np.int64)
+
+
 def report_skipped(messages: Sequence[str], *, warn: Callable[[str], None] | None = None) -> None:
     """Warn once about skipped images, naming the first few."""
     if not messages:
         return
     shown = "; ".join(sorted(messages)[:3])
     more = f" (and {len(messages) - 3} more)" if len(messages) > 3 else ""
-    msg = f"skipped {len(messages)} unreadable image(s): {shown}{more}"
+    msg = f"skipped {len(messages)} image(s): {shown}{more}"
     if warn is None:
         warnings.warn(msg, UserWarning, stacklevel=3)
     else:
