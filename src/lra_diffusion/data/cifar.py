@@ -146,16 +146,19 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickle only what the CIFAR batches contain (dicts, lists, bytes, numpy arrays)."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
     }
 
     def find_class(self, module: str, name: str):  # noqa: D102
-        if (module, name) in self._ALLOWED:
+        # The official files were pickled by NumPy 1.x, which lived in numpy.core.
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        if (module, name) in self._ALLOWED or (module == "numpy.core.multiarray"
+                                               and name in ("_reconstruct", "scalar")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
 
