@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,9 +219,17 @@ def _load_pt(path: Path, column: str | None) -> np.ndarray:
     try:
         with torch.serialization.safe_globals(safe):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot load as a CIFAR-N .pt label file ({first})") from None
+    except Exception as exc:  # truncated or non-torch files fail in many ways
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in text:
+            glob = re.search(r"GLOBAL (\S+)", text)
+            raise InputError(f"{path}: holds objects other than label arrays "
+                             f"({glob.group(1) if glob else 'unknown'}); refusing to unpickle them "
+                             "(loaded with weights_only=True)") from None
+        detail = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        why = detail[-2] if isinstance(exc, pickle.UnpicklingError) and len(detail) > 1 else (
+            detail[0] if detail else type(exc).__name__)
+        raise InputError(f"{path}: cannot load as a CIFAR-N .pt label file ({why})") from None
     if not isinstance(obj, dict):
         return np.asarray(obj.numpy() if hasattr(obj, "numpy") else obj)
     keys = [str(k) for k in obj]
