@@ -29,6 +29,7 @@ from lra_diffusion.data.labels import (
     parse_pmd_name,
     save_label_file,
 )
+from lra_diffusion.data.make_noise import NoiseReport, format_report, make_noisy_label_file
 from lra_diffusion.data.noise import (
     CIFAR100_COARSE,
     NOISE_MODELS,
@@ -70,6 +71,7 @@ __all__ = [
     "ListFileDataset",
     "MiniWebVision",
     "NOISE_MODELS",
+    "NoiseReport",
     "ProtocolSplit",
     "SharedCIFAR10",
     "as_generator",
@@ -83,12 +85,14 @@ __all__ = [
     "download_cifar",
     "drop_unreadable",
     "file_md5",
+    "format_report",
     "instance_noise",
     "load_cifar_n",
     "load_images",
     "load_label_file",
     "load_pmd_labels",
     "load_shared_cifar10",
+    "make_noisy_label_file",
     "make_noisy_labels",
     "noise_rate",
     "pairflip_noise",
