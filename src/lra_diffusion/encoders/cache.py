@@ -1,0 +1,227 @@
+"""The feature cache: every embedding pass is computed once, written in chunks, read memory-mapped.
+
+Layout under ``cache_dir``::
+
+    <encoder name>/<dataset>-<split>-<key>/manifest.json   what the key was made of, progress
+    <encoder name>/<dataset>-<split>-<key>/features.npy    (N, D) float32 or float16, when complete
+    <encoder name>/<dataset>-<split>-<key>/features.partial.npy   while being written
+    <encoder name>/fitted-<key>/                           a fitted encoder (encoder.save)
+
+The key hashes the dataset fingerprint (image content, or paths + sizes + mtimes for files on disk),
+the encoder's fingerprint (name, config and weights / learned state), the split, the transform and
+the storage dtype. A run writes ``chunk_size`` rows at a time into a memory-mapped ``.npy`` file and
+records the rows done in the manifest (written atomically) after each chunk, so an interrupted run
+resumes from the last finished chunk; the finished file is moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lra_diffusion.encoders.base import (
+    Encoder,
+    ImageSource,
+    atomic_path,
+    num_images,
+    progress_bar,
+)
+from lra_diffusion.errors import InputError
+
+FEATURES_FILE = "features.npy"
+PARTIAL_FILE = "features.partial.npy"
+MANIFEST_FILE = "manifest.json"
+CACHE_VERSION = 1
+DTYPES = ("float32", "float16")
+
+
+def dataset_fingerprint(images: ImageSource) -> str:
+    """Hex digest identifying the images an encoder would see, in order.
+
+    Arrays hash their bytes. A dataset of :mod:`lra_diffusion.data` hashes its decoded array, its
+    in-memory encoded bytes, or (files on disk) its root, relative paths, file sizes and mtimes,
+    plus the canonical indices. Any other dataset has every image read and hashed. A dataset may
+    also provide its own ``fingerprint()`` method.
+    """
+    h = hashlib.sha256()
+    if isinstance(images, np.ndarray):
+        _hash_array(h, images)
+        return h.hexdigest()[:16]
+    own = getattr(images, "fingerprint", None)
+    if callable(own):
+        h.update(str(own()).encode())
+        return h.hexdigest()[:16]
+    h.update(f"{type(images).__name__}:{num_images(images)}".encode())
+    indices = getattr(images, "indices", None)
+    if isinstance(indices, np.ndarray):
+        _hash_array(h, indices)
+    array, blobs, paths = (getattr(images, k, None) for k in ("array", "blobs", "paths"))
+    if isinstance(array, np.ndarray):
+        _hash_array(h, array)
+    elif blobs is not None:
+        for b in blobs:
+            h.update(hashlib.sha256(b).digest())
+    elif paths is not None and getattr(images, "root", None) is not None:
+        root = Path(images.root)
+        h.update(str(root.resolve()).encode())
+        for p in paths:
+            st = (root / p).stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        for i in range(num_images(images)):
+            _hash_array(h, np.asarray(images[i][0]))
+    return h.hexdigest()[:16]
+
+
+def _hash_array(h: Any, a: np.ndarray) -> None:
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+
+
+def cache_key(
+    encoder: Encoder, images: ImageSource, *, split: str, transform: str, dtype: str
+) -> dict[str, Any]:
+    """The parts the cache is keyed on, and their hash under ``"key"``."""
+    parts = {
+        "version": CACHE_VERSION,
+        "dataset_fingerprint": dataset_fingerprint(images),
+        "n": num_images(images),
+        "encoder": encoder.name,
+        "encoder_fingerprint": encoder.fingerprint(),
+        "dim": encoder.dim,
+        "split": split,
+        "transform": transform,
+        "dtype": dtype,
+    }
+    parts["key"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return parts
+
+
+def embed(
+    encoder: Encoder,
+    images: ImageSource,
+    *,
+    cache_dir: str | os.PathLike[str],
+    split: str = "all",
+    dataset: str = "data",
+    transform: str = "none",
+    dtype: Literal["float32", "float16"] = "float32",
+    chunk_size: int = 4096,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Encode ``images`` once and return the cached ``(N, D)`` features, memory-mapped (read-only).
+
+    Parameters
+    ----------
+    encoder
+        A fitted (or stateless / loaded) encoder.
+    images
+        uint8 ``(N, H, W, 3)`` array or a dataset of ``(image, label, index)`` items.
+    cache_dir
+        Root of the cache.
+    split, dataset
+        Names for the cache folder (``dataset`` is only a label; the key uses the fingerprint).
+    transform
+        Describes any preprocessing applied to the images before the encoder sees them (resizing,
+        cropping); part of the key.
+    dtype
+        Storage type; ``"float16"`` halves disk and memory, the returned array has that dtype.
+    chunk_size
+        Rows written (and made resumable) at a time.
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    parts = cache_key(encoder, images, split=split, transform=transform, dtype=dtype)
+    folder = Path(cache_dir) / encoder.name / f"{_slug(dataset)}-{_slug(split)}-{parts['key']}"
+    final = folder / FEATURES_FILE
+    manifest = _read_manifest(folder)
+    if final.is_file() and manifest.get("complete") and manifest.get("key") == parts["key"]:
+        return np.load(final, mmap_mode="r")
+
+    n, dim = parts["n"], parts["dim"]
+    partial = folder / PARTIAL_FILE
+    done = 0
+    if partial.is_file() and manifest.get("key") == parts["key"]:
+        out = np.load(partial, mmap_mode="r+")
+        if out.shape == (n, dim) and out.dtype == np.dtype(dtype):
+            done = int(manifest.get("done", 0))
+        else:
+            del out
+            done = 0
+    if done == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, dim))
+    bar = progress_bar(n, progress, f"embed {encoder.name} {split}", initial=done)
+    try:
+        _write_manifest(folder, {**parts, "done": done, "complete": False})
+        while done < n:
+            hi = min(done + chunk_size, n)
+            out[done:hi] = encoder.encode_slice(images, done, hi, batch_size=batch_size, bar=bar)
+            out.flush()  # rows reach the disk before the manifest says they are done
+            done = hi
+            _write_manifest(folder, {**parts, "done": done, "complete": False})
+    finally:
+        bar.close()
+    del out
+    os.replace(partial, final)
+    _write_manifest(folder, {**parts, "done": n, "complete": True, "config": encoder.config()})
+    return np.load(final, mmap_mode="r")
+
+
+def fit_cached(
+    encoder: Encoder,
+    fit_images: ImageSource,
+    *,
+    cache_dir: str | os.PathLike[str],
+    progress: bool = False,
+) -> Encoder:
+    """Fit ``encoder`` on unlabelled ``fit_images`` once; later calls load the saved state.
+
+    Encoders that do not learn (``needs_fit`` false) or are already fitted come back unchanged.
+    """
+    from lra_diffusion.encoders import load_encoder
+
+    if not encoder.needs_fit or encoder.is_fitted:
+        return encoder
+    cfg = {k: v for k, v in encoder.config().items() if k not in ("batch_size", "device")}
+    blob = json.dumps(
+        {"encoder": encoder.name, "config": cfg, "data": dataset_fingerprint(fit_images)},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / encoder.name / f"fitted-{key}"
+    if (folder / "encoder.json").is_file():
+        loaded = load_encoder(folder)
+        loaded.batch_size, loaded.device = encoder.batch_size, encoder.device
+        return loaded
+    if progress:
+        print(f"fitting {encoder.name} on {num_images(fit_images)} unlabelled images", flush=True)
+    encoder.fit(fit_images)
+    encoder.save(folder)
+    return encoder
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(text)).strip("_") or "data"
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(folder: Path, content: dict[str, Any]) -> None:
+    with atomic_path(folder / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
