@@ -1,0 +1,166 @@
+"""Experiment configuration: small frozen dataclasses per stage, composed into one :class:`Config`.
+
+The config is saved inside every run directory (``config.json``) and can be read from a TOML file
+whose tables mirror the stages::
+
+    [retrieval]
+    k = 10
+    [train]
+    epochs = 50
+
+Unknown keys fail loudly and list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The label diffusion process and its sampler."""
+
+    timesteps: int = 1000  # T
+    schedule: Literal["cosine", "linear"] = "cosine"
+    ddim_steps: int = 10
+    ddim_spacing: Literal["leading", "linspace", "trailing"] = "leading"  # leading = 901, 801, ..., 1
+    readout: Literal["closest", "argmax"] = "closest"  # closest-to-1 as the paper, or plain argmax
+    proba_temperature: float = 0.1  # predict_proba = softmax(-(y0 - 1)^2 / temperature)
+    stochastic_eta: float = 1.0  # eta of the stochastic runs (n_samples > 1), which start from N(0, I)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The conditional label denoiser."""
+
+    feature_dim: int = 512  # F, the hidden width
+    x_encoder: Literal["trainable", "frozen"] = "trainable"  # frozen = random projection (ablation)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Label retrieval from nearest neighbours in f_p space."""
+
+    k: int = 10
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    backend: Literal["auto", "torch", "faiss"] = "auto"
+    exclude_self: bool = True
+    weighting: bool = True  # weight = agreement count of the draw; False = uniform weights
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, model selection and checkpointing."""
+
+    epochs: int | None = None  # None = auto: enough epochs for about `auto_steps` optimiser steps
+    auto_steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_fraction: float = 0.025  # linear warm-up over this fraction of all steps, then half-cosine
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # with the usual warm-up min(decay, (1 + n) / (10 + n))
+    use_ema: bool = True  # evaluate and save the EMA weights
+    val_fraction: float = 0.1  # held-out slice of the *noisy* training data when no validation set
+    evals: int = 20  # validation evaluations, spread evenly over the run's epochs
+    checkpoint_every: int = 0  # optimiser steps between checkpoints (0 = only at epoch ends)
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: every stage's settings."""
+
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build a config from nested dicts; unknown sections or keys raise :class:`InputError`."""
+        sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}  # type: ignore[misc]
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise InputError(
+                f"unknown config section(s) {sorted(unknown)}; valid sections: {sorted(sections)}"
+            )
+        parts = {}
+        for name, factory in sections.items():
+            section_cls = type(factory())
+            values = data.get(name, {}) or {}
+            if not isinstance(values, dict):
+                raise InputError(f"config section [{name}] must be a table of keys, got {values!r}")
+            valid = {f.name for f in dataclasses.fields(section_cls)}
+            bad = set(values) - valid
+            if bad:
+                raise InputError(
+                    f"unknown config key(s) {sorted(bad)} in [{name}]; valid keys: {sorted(valid)}"
+                )
+            parts[name] = section_cls(**values)
+        config = cls(**parts)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path} is not a valid TOML file: {e}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys of some sections changed: ``cfg.replace(train={"epochs": 5})``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            if name not in data:
+                raise InputError(f"unknown config section {name!r}; valid sections: {sorted(data)}")
+            data[name] = {**data[name], **values}
+        return Config.from_dict(data)
+
+    def validate(self) -> None:
+        """Check value ranges; raise :class:`InputError` naming the first bad key."""
+        d, m, r, t = self.diffusion, self.model, self.retrieval, self.train
+        checks = [
+            (d.timesteps >= 2, "diffusion.timesteps must be >= 2"),
+            (1 <= d.ddim_steps <= d.timesteps, "diffusion.ddim_steps must be in 1..timesteps"),
+            (d.schedule in ("cosine", "linear"), "diffusion.schedule must be 'cosine' or 'linear'"),
+            (
+                d.ddim_spacing in ("leading", "linspace", "trailing"),
+                "diffusion.ddim_spacing must be 'leading', 'linspace' or 'trailing'",
+            ),
+            (d.readout in ("closest", "argmax"), "diffusion.readout must be 'closest' or 'argmax'"),
+            (d.proba_temperature > 0, "diffusion.proba_temperature must be > 0"),
+            (d.stochastic_eta >= 0, "diffusion.stochastic_eta must be >= 0"),
+            (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
+            (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),
+            (r.k >= 0, "retrieval.k must be >= 0"),
+            (r.metric in ("euclidean", "cosine"), "retrieval.metric must be 'euclidean' or 'cosine'"),
+            (r.backend in ("auto", "torch", "faiss"), "retrieval.backend must be 'auto', 'torch' or 'faiss'"),
+            (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
+            (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
+            (t.batch_size >= 2, "train.batch_size must be >= 2"),
+            (t.lr > 0, "train.lr must be > 0"),
+            (0 <= t.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
+            (t.grad_clip > 0, "train.grad_clip must be > 0"),
+            (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+            (0 <= t.val_fraction < 1, "train.val_fraction must be in [0, 1)"),
+            (t.evals >= 1, "train.evals must be >= 1"),
+            (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
+            (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)

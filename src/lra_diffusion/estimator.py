@@ -1,0 +1,248 @@
+"""scikit-learn style :class:`LRAClassifier` and its run directory.
+
+A run directory holds ``config.json`` (config, classes, seed, versions, input hashes),
+``model.safetensors`` (the selected denoiser weights) and ``metrics.json`` (history, timings).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import __version__
+from .config import Config
+from .errors import InputError
+from .evaluate import predict_proba, predict_y0, readout
+from .io import load_tensors, read_json, save_tensors, sha256_array, write_json
+from .models import LabelDenoiser
+from .train import train
+
+RUN_FILES = ("config.json", "model.safetensors", "metrics.json")
+
+
+def check_finite(X: np.ndarray, what: str = "features") -> None:
+    """Raise InputError naming the first row holding NaN or inf."""
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row = int(np.argmax(bad.reshape(len(X), -1).any(axis=1)))
+        raise InputError(f"{what} contain NaN or inf (first bad row: {row})")
+
+
+class LRAClassifier(ClassifierMixin, BaseEstimator):
+    """LRA-diffusion classifier over precomputed feature vectors, robust to noisy labels.
+
+    Parameters
+    ----------
+    k : neighbours for label retrieval (None: config default, 10). 0 disables retrieval.
+    epochs : training epochs (None: config default, auto from ``train.auto_steps``).
+    batch_size, feature_dim, lr, ddim_steps, val_fraction : shortcuts for the config keys of those
+        names (None: keep the config's value).
+    n_samples : 1 = ``predict_proba`` from the deterministic run's closeness scores; > 1 = class
+        frequencies over that many stochastic DDIM runs.
+    config : a :class:`~lra_diffusion.config.Config` or a nested dict of its sections, for every other
+        setting; the shortcuts above override it.
+    random_state : int, ``np.random.RandomState`` or None; fixes every draw of the fit.
+    verbose : show progress bars.
+
+    Attributes
+    ----------
+    classes_ : (C,) the label values seen in ``fit``.
+    n_features_in_ : D.
+    model_ : the trained :class:`~lra_diffusion.models.LabelDenoiser` (eval mode).
+    config_ : the effective :class:`~lra_diffusion.config.Config`.
+    history_ : per-epoch training loss and validation accuracy.
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        feature_dim: int | None = None,
+        lr: float | None = None,
+        ddim_steps: int | None = None,
+        val_fraction: float | None = None,
+        n_samples: int = 1,
+        config: Config | dict | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: bool = False,
+    ):
+        self.k = k
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.feature_dim = feature_dim
+        self.lr = lr
+        self.ddim_steps = ddim_steps
+        self.val_fraction = val_fraction
+        self.n_samples = n_samples
+        self.config = config
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _effective_config(self) -> Config:
+        if self.config is None:
+            base = Config()
+        elif isinstance(self.config, Config):
+            base = self.config
+        elif isinstance(self.config, dict):
+            base = Config.from_dict(self.config)
+        else:
+            raise InputError(f"config must be a Config, a dict or None, got {type(self.config).__name__}")
+        shortcuts = {
+            "retrieval": {"k": self.k},
+            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                      "val_fraction": self.val_fraction},
+            "model": {"feature_dim": self.feature_dim},
+            "diffusion": {"ddim_steps": self.ddim_steps},
+        }
+        changes = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in shortcuts.items()}
+        return base.replace(**{s: kv for s, kv in changes.items() if kv})
+
+    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+        try:
+            X = validate_data(self, X, reset=reset, dtype=np.float32, ensure_all_finite=False)
+        except ValueError as e:
+            raise InputError(str(e).splitlines()[0]) from None
+        check_finite(X)
+        return X
+
+    def fit(self, X, y, *, X_val=None, y_val=None, run_dir: str | Path | None = None, resume: bool = False):
+        """Fit on features X (N, D) with noisy labels y (N,); returns self.
+
+        ``X_val, y_val``: optional validation data (e.g. a small clean set) for model selection.
+        ``run_dir``: also checkpoint there during training and save the run there at the end.
+        ``resume``: continue from the newest valid checkpoint in ``run_dir``.
+        """
+        config = self._effective_config()
+        X = self._check_X(X, reset=True)
+        y = np.asarray(y)
+        if y.ndim != 1:
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y.ravel()
+            else:
+                raise InputError(f"labels must be 1-D (N,), got shape {y.shape}")
+        if len(y) != len(X):
+            raise InputError(f"features have {len(X)} rows but labels have {len(y)}")
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise InputError(f"need at least 2 classes to train, got 1 class ({self.classes_[0]!r})")
+        if X_val is not None:
+            X_val = self._check_X(X_val, reset=False)
+            y_val = np.asarray(y_val).ravel()
+            if len(y_val) != len(X_val):
+                raise InputError(f"validation features have {len(X_val)} rows but labels have {len(y_val)}")
+            unknown = np.setdiff1d(y_val, self.classes_)
+            if len(unknown):
+                raise InputError(f"validation labels {unknown[:5].tolist()} are not among the training classes")
+            y_val = np.searchsorted(self.classes_, y_val)
+        self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
+        result = train(
+            X, y_idx, num_classes=len(self.classes_), config=config, val_features=X_val, val_labels=y_val,
+            seed=self.seed_, checkpoint_dir=Path(run_dir) / "checkpoints" if run_dir is not None else None,
+            resume=resume, progress=self.verbose,
+        )
+        self.config_ = config
+        self.model_ = result.model
+        self.history_ = result.history
+        self.train_result_ = result
+        self.fit_info_ = {
+            "n_samples": len(X), "epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
+            "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+            "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
+        }
+        if run_dir is not None:
+            self.save(run_dir)
+        return self
+
+    def predict_label_vectors(self, X) -> np.ndarray:
+        """Deterministic DDIM label vectors y0 (N, C), one column per class in ``classes_``."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        return predict_y0(self.model_, X, self.config_.diffusion).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (N,): the coordinate of the DDIM output closest to 1."""
+        y0 = torch.from_numpy(self.predict_label_vectors(X))
+        return self.classes_[readout(y0, self.config_.diffusion.readout).numpy()]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (N, C) in the order of ``classes_`` (see ``n_samples``)."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        gen = torch.Generator().manual_seed(self.seed_)
+        return predict_proba(self.model_, X, self.config_.diffusion, n_samples=self.n_samples, generator=gen).numpy()
+
+    # ---- run directory -------------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``metrics.json`` into ``run_dir``."""
+        check_is_fitted(self)
+        run_dir = Path(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
+        classes = self.classes_.tolist()
+        save_tensors(run_dir / "model.safetensors", self.model_.state_dict())
+        write_json(run_dir / "config.json", {
+            "format": "lra-diffusion-run/1",
+            "config": self.config_.to_dict(),
+            "params": {k: v for k, v in self.get_params().items() if k not in ("config", "random_state")},
+            "classes": classes,
+            "classes_dtype": self.classes_.dtype.str,
+            "n_features_in": int(self.n_features_in_),
+            "seed": self.seed_,
+            "inputs": {"features_sha256": self.fit_info_["features_sha256"],
+                       "labels_sha256": self.fit_info_["labels_sha256"]},
+            "versions": {"lra_diffusion": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+        })
+        write_json(run_dir / "metrics.json", {**self.fit_info_, "history": self.history_})
+        return run_dir
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> LRAClassifier:
+        """Load a fitted classifier from a run directory written by :meth:`save`."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise InputError(f"run directory not found: {run_dir}")
+        missing = [f for f in RUN_FILES[:2] if not (run_dir / f).exists()]
+        if missing:
+            raise InputError(f"{run_dir} is not a run directory (missing {', '.join(missing)})")
+        info = read_json(run_dir / "config.json")
+        if not isinstance(info, dict) or info.get("format") != "lra-diffusion-run/1":
+            raise InputError(f"{run_dir / 'config.json'} is not an lra-diffusion run config")
+        config = Config.from_dict(info["config"])
+        est = cls(**info["params"], config=config)
+        est.config_ = config
+        est.classes_ = np.asarray(info["classes"], dtype=np.dtype(info["classes_dtype"]))
+        est.n_features_in_ = info["n_features_in"]
+        est.seed_ = info["seed"]
+        tensors, _ = load_tensors(run_dir / "model.safetensors")
+        model = LabelDenoiser(
+            len(est.classes_), est.n_features_in_, feature_dim=config.model.feature_dim,
+            timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder,
+        )
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise InputError(f"{run_dir / 'model.safetensors'} does not match its config: {str(e).splitlines()[0]}") from None
+        est.model_ = model.eval()
+        metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+        est.history_ = metrics.get("history", [])
+        est.fit_info_ = {k: v for k, v in metrics.items() if k != "history"}
+        return est
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+

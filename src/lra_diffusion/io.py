@@ -1,0 +1,115 @@
+"""Atomic file writes, our safetensors files, and validated array loading.
+
+Every file this package writes goes through :func:`atomic_write`: a temporary file in the same folder,
+flushed and fsynced, then renamed over the target. A killed process leaves either the old file or the
+new one, never half of one; a failed write (disk full, permission) removes its temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import InputError
+
+
+def atomic_write(path: str | Path, data: bytes | Callable[[Any], None]) -> None:
+    """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist") from None
+    except PermissionError:
+        raise InputError(f"cannot write {path}: permission denied") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """Save tensors (and JSON-able ``meta``) as one safetensors file, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, st_save(tensors, metadata={"meta": json.dumps(meta or {})}))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a file written by :func:`save_tensors`; a missing, truncated or foreign file raises InputError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get("meta", "{}"))
+    except (SafetensorError, ValueError, json.JSONDecodeError, OverflowError) as e:
+        raise InputError(f"{path} is not a valid safetensors file (truncated or corrupt?): {e}") from None
+    return tensors, meta
+
+
+def sha256_array(a: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (used to record and check a run's inputs)."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256()
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def load_array(path: str | Path, *, what: str) -> np.ndarray:
+    """Load a ``.npy`` array a user gave us (no pickles), turning every failure into one clear line."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} file {path} is a directory, expected a .npy file")
+    if not path.exists():
+        raise InputError(f"{what} file not found: {path}")
+    if path.suffix != ".npy":
+        raise InputError(f"{what} file {path} must be a .npy file (got {path.suffix or 'no extension'})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise InputError(f"{what} file {path} holds Python objects; expected a numeric array") from None
+        raise InputError(f"{what} file {path} is not a valid .npy file (truncated?): {e}") from None
+    except (OSError, EOFError) as e:
+        raise InputError(f"{what} file {path} cannot be read as .npy (truncated or not .npy?): {e}") from None

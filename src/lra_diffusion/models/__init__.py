@@ -1,0 +1,5 @@
+"""Networks: the conditional label denoiser."""
+
+from .denoiser import ConditionalLinear, LabelDenoiser
+
+__all__ = ["ConditionalLinear", "LabelDenoiser"]

@@ -1,0 +1,273 @@
+"""The one trainer: retrieval, weighted epsilon-prediction, Adam with warm-up + half-cosine, EMA,
+model selection, and exact checkpoint/resume.
+
+All randomness of a run (validation split, data order, label draws, timesteps, noise) comes from one
+``torch.Generator`` seeded by ``seed``; a checkpoint stores its state together with the epoch's data
+order and position, so a resumed run continues bit for bit (on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import Config
+from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
+from .errors import InputError
+from .evaluate import predict_y0, readout, schedule_alpha_bar
+from .io import load_tensors, save_tensors, sha256_array
+from .models import LabelDenoiser
+from .retrieval import NeighbourLabelSampler, knn
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``model`` holds the selected weights (EMA when ``use_ema``), in eval mode.
+    """
+
+    model: LabelDenoiser
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    train_index: np.ndarray | None = None  # rows of the given features used for training
+    val_index: np.ndarray | None = None  # rows held out for model selection (None: external or none)
+    neighbours: np.ndarray | None = None  # (n_train, k) neighbour indices into train_index order
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then half-cosine decay to 0 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random (train, held-out) row indices; no hold-out when ``fraction`` is 0 or too few rows."""
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n - n_val < 2:
+        return np.arange(n), None
+    perm = torch.randperm(n, generator=generator).numpy()
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def train(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    config: Config | None = None,
+    val_features: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an LRA-diffusion label denoiser on feature vectors with noisy labels.
+
+    Parameters
+    ----------
+    features : (N, D) float array, the frozen encoder's features f_p(x).
+    labels : (N,) int array of noisy labels in 0..num_classes-1.
+    num_classes : C.
+    config : the experiment config (defaults if None).
+    val_features, val_labels : optional validation set for model selection (e.g. clean labels); without
+        it, ``config.train.val_fraction`` of the noisy training data is held out for selection.
+    seed : seeds the run's one generator.
+    checkpoint_dir : where to write checkpoints (none if None).
+    resume : continue from the newest valid checkpoint in ``checkpoint_dir``.
+    progress : show a tqdm bar with the loss.
+    """
+    config = config or Config()
+    tc, rc, dc = config.train, config.retrieval, config.diffusion
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    gen = torch.Generator().manual_seed(seed)
+
+    if val_features is None:
+        train_idx, val_idx = split_holdout(len(features), tc.val_fraction, gen)
+        if val_idx is not None:
+            val_features, val_labels = features[val_idx], labels[val_idx]
+    else:
+        train_idx, val_idx = np.arange(len(features)), None
+    x_np, y_np = features[train_idx], labels[train_idx]
+    n = len(x_np)
+    if rc.k >= n:
+        raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
+    neighbours, _ = knn(x_np, rc.k, metric=rc.metric, backend=rc.backend, exclude_self=rc.exclude_self)
+    sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
+    x = torch.from_numpy(x_np)
+
+    model = LabelDenoiser(
+        num_classes, x.shape[1], feature_dim=config.model.feature_dim, timesteps=dc.timesteps,
+        x_encoder=config.model.x_encoder,
+    )
+    model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=(0.9, 0.999), fused=True
+    )
+    alpha_bar = schedule_alpha_bar(dc).float()
+
+    batch = min(tc.batch_size, n)
+    steps_per_epoch = n // batch  # drop the ragged last batch: the order changes every epoch
+    epochs = tc.epochs or max(1, math.ceil(tc.auto_steps / steps_per_epoch))
+    total = epochs * steps_per_epoch
+    warmup = int(round(tc.warmup_fraction * total))
+    eval_epochs = set(np.linspace(1, epochs, min(tc.evals, epochs)).round().astype(int).tolist())
+
+    state = {"step": 0, "epoch": 0, "best_acc": None, "best_epoch": None, "history": []}
+    perm = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    fingerprint = {
+        "features": sha256_array(features), "labels": sha256_array(labels), "seed": seed,
+        "config": config.to_dict(), "num_classes": num_classes,
+        "val": sha256_array(np.asarray(val_features, dtype=np.float32)) if val_features is not None else None,
+    }
+    ckpt = Checkpointer(checkpoint_dir, keep=tc.keep_checkpoints) if checkpoint_dir is not None else None
+    if resume and ckpt is not None:
+        loaded = ckpt.load_latest()
+        if loaded is not None:
+            tensors, meta = loaded
+            if meta.get("fingerprint") != fingerprint:
+                raise InputError(
+                    f"cannot resume from {checkpoint_dir}: its checkpoints belong to other inputs, config or seed"
+                )
+            model.load_state_dict(_sub(tensors, "model."))
+            ema.load_state_dict(_sub(tensors, "ema."))
+            optimizer.load_state_dict(_optim_state(tensors, meta["optimizer_groups"]))
+            gen.set_state(tensors["rng.generator"])
+            perm = tensors.get("rng.perm")
+            best_weights = _sub(tensors, "best.") or None
+            state = meta["state"]
+
+    eval_model = ema if tc.use_ema else model
+    started = time.perf_counter() - state.get("seconds", 0.0)
+    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress, leave=False)
+    model.train()
+    while state["step"] < total:
+        epoch, pos = divmod(state["step"], steps_per_epoch)
+        if pos == 0 or perm is None:
+            perm = torch.randperm(n, generator=gen)
+        idx = perm[pos * batch : (pos + 1) * batch]
+        drawn, weights = sampler.sample(idx, gen)
+        y0 = torch.nn.functional.one_hot(drawn, num_classes).float()
+        t = antithetic_timesteps(len(idx), dc.timesteps, generator=gen)
+        eps = torch.randn(y0.shape, generator=gen)
+        loss = weighted_eps_loss(model(x[idx], q_sample(y0, t, eps, alpha_bar), t), eps, weights)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {state['step']}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr * lr_factor(state["step"], total, warmup)
+        optimizer.step()
+        ema_update(ema, model, min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"])))
+        state["step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1, refresh=False)
+        state.setdefault("losses", []).append(loss.item())
+
+        epoch_end = state["step"] % steps_per_epoch == 0
+        if epoch_end:
+            record = {"epoch": epoch + 1, "step": state["step"], "loss": float(np.mean(state.pop("losses")))}
+            if val_features is not None and epoch + 1 in eval_epochs:
+                y0_val = predict_y0(eval_model, val_features, dc)
+                acc = float((readout(y0_val, dc.readout).numpy() == val_labels).mean())
+                record["val_accuracy"] = acc
+                if state["best_acc"] is None or acc > state["best_acc"]:
+                    state["best_acc"], state["best_epoch"] = acc, epoch + 1
+                    best_weights = {k: v.clone() for k, v in eval_model.state_dict().items()}
+            state["history"].append(record)
+        if ckpt is not None and (epoch_end or (tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0)):
+            state["seconds"] = time.perf_counter() - started
+            ckpt.save(state["step"], model, ema, optimizer, gen, perm, best_weights, state, fingerprint)
+    bar.close()
+
+    if best_weights is not None:
+        eval_model.load_state_dict(best_weights)
+    eval_model.eval()
+    return TrainResult(
+        model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
+        best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
+        seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
+    )
+
+
+def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _optim_state(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in _sub(tensors, "optim.").items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+class Checkpointer:
+    """Atomic ``ckpt-<step>.safetensors`` files in one folder, the newest ``keep`` kept.
+
+    A checkpoint holds the model, EMA and best weights, Adam's moments, the generator state, the epoch's
+    data order, and (in its metadata) the loop state and the fingerprint of the run's inputs.
+    """
+
+    def __init__(self, folder: str | Path, *, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        return sorted(self.folder.glob("ckpt-*.safetensors"))
+
+    def save(self, step, model, ema, optimizer, gen, perm, best_weights, state, fingerprint) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        opt = optimizer.state_dict()
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+        tensors |= {f"best.{k}": v for k, v in (best_weights or {}).items()}
+        for i, s in opt["state"].items():
+            tensors |= {f"optim.{i}.{name}": torch.as_tensor(v) for name, v in s.items()}
+        tensors["rng.generator"] = gen.get_state()
+        if perm is not None:
+            tensors["rng.perm"] = perm
+        meta = {
+            "state": state, "fingerprint": fingerprint, "optimizer_groups": opt["param_groups"],
+            "version": __version__, "torch": torch.__version__,
+        }
+        save_tensors(self.folder / f"ckpt-{step:09d}.safetensors", tensors, meta)
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+    def load_latest(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The newest checkpoint that loads; broken ones are skipped with a warning. None if none."""
+        for path in reversed(self.paths()):
+            try:
+                return load_tensors(path)
+            except InputError as e:
+                warnings.warn(f"skipping unreadable checkpoint {path.name}: {e}", stacklevel=2)
+        return None
