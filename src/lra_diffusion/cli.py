@@ -150,6 +150,35 @@ def demo(
     run_demo(out=out, seed=seed)
 
 
+@command()
+def noise(
+    clean: Annotated[Path, typer.Option(help="Clean labels: .npy, .csv (index column), .txt or CIFAR-N .pt.")],
+    out: Annotated[Path, typer.Option(help="Noisy labels to write: .npy, .csv or .txt.")],
+    model: Annotated[str, typer.Option(help="symmetric | asymmetric | pairflip | instance | pmd.")],
+    rate: Annotated[float, typer.Option(help="The model's noise rate in [0, 1].")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    then: Annotated[Optional[str], typer.Option(help="Models applied on top, e.g. 'symmetric:0.6'.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: max label + 1).")] = None,
+    column: Annotated[Optional[str], typer.Option(help="Label column of a CSV / key of a .pt file.")] = None,
+    first: Annotated[Optional[int], typer.Option(help="Use only the first N labels (45000 for CIFAR).")] = None,
+    features: Annotated[Optional[Path], typer.Option(help="Per-sample features .npy (N, D) for 'instance'.")] = None,
+    posteriors: Annotated[Optional[Path], typer.Option(help="Class posteriors .npy (N, C) for 'pmd'.")] = None,
+    pmd_type: Annotated[int, typer.Option(help="PMD noise type 1, 2 or 3.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Make a noisy label file from a clean one; print the realised rate and transition matrix."""
+    from .data.make_noise import format_report, make_noisy_label_file
+    from .data.noise import parse_noise_steps
+
+    steps = parse_noise_steps(then) if then else []
+    check_writable(out)
+    report = make_noisy_label_file(clean, out, model=model, rate=rate, seed=seed, then=steps,
+                                   num_classes=num_classes, column=column, first=first,
+                                   features=features, posteriors=posteriors, pmd_type=pmd_type,
+                                   overwrite=overwrite)
+    typer.echo(format_report(report))
+
+
 def main() -> None:
     app()
 
