@@ -25,8 +25,9 @@ app = typer.Typer(
 )
 
 
-def command(*args, **kwargs):
-    """``app.command`` that turns :class:`InputError` into ``error: <message>`` and exit code 2."""
+def command(*args, group: typer.Typer | None = None, **kwargs):
+    """``app.command`` (or ``group.command``) that turns :class:`InputError` into ``error: <message>``
+    and exit code 2."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -37,7 +38,7 @@ def command(*args, **kwargs):
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2) from None
 
-        return app.command(*args, **kwargs)(wrapper)
+        return (group or app).command(*args, **kwargs)(wrapper)
 
     return decorate
 
@@ -177,6 +178,72 @@ def noise(
                                    features=features, posteriors=posteriors, pmd_type=pmd_type,
                                    overwrite=overwrite)
     typer.echo(format_report(report))
+
+@command()
+def embed(
+    encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2 | precomputed.")],
+    out: Annotated[Path, typer.Option(help="Features to write, .npy (N, D).")],
+    dataset: Annotated[str, typer.Option(help="cifar10 (shared JPEG copy) | folder (ROOT/SPLIT/<class>/...) | npy (ROOT/SPLIT.npy, uint8 N,H,W,3).")] = "cifar10",
+    root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("/work/shared/data/cifar10"),
+    split: Annotated[str, typer.Option(help="Split to embed.")] = "train",
+    fit_split: Annotated[str, typer.Option(help="Unlabelled split pixels/kmeans are fitted on.")] = "train",
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Encoder option KEY=VALUE (repeatable), e.g. -o weights=SimCLR_128_cifar10.pt, -o model=DIR, -o path=feats.npy.")] = None,
+    encoder_dir: Annotated[Optional[Path], typer.Option(help="A saved encoder (encoder.json) to use instead of fitting.")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    float16: Annotated[bool, typer.Option(help="Store the features as float16.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Embed a dataset split once (cached by data, encoder weights, split and dtype) and write .npy."""
+    from .encoders.commands import embed_dataset, parse_options
+
+    check_writable(out)
+    options = parse_options(option)
+    if encoder != "precomputed":
+        options.setdefault("device", device)
+    res = embed_dataset(encoder, dataset=dataset, root=root, split=split, cache_dir=cache_dir,
+                        out=out, encoder_dir=encoder_dir, options=options, fit_split=fit_split,
+                        dtype="float16" if float16 else "float32", progress=not quiet)
+    n, d = res.features.shape
+    typer.echo(f"{encoder} features {n} x {d} ({res.features.dtype}) -> {out} "
+               f"[{res.seconds:.1f} s, encoder {res.encoder.fingerprint()}]")
+
+
+pretrain_app = typer.Typer(help="Train an encoder without labels.", no_args_is_help=True)
+app.add_typer(pretrain_app, name="pretrain")
+
+
+@command("simclr", group=pretrain_app)
+def pretrain_simclr(
+    out: Annotated[Path, typer.Option(help="Directory for checkpoint.pt and the trained encoder/.")],
+    dataset: Annotated[str, typer.Option(help="cifar10 | folder | npy (as in `lra embed`).")] = "cifar10",
+    root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("/work/shared/data/cifar10"),
+    split: Annotated[str, typer.Option(help="Unlabelled split to train on.")] = "train",
+    subset: Annotated[Optional[int], typer.Option(help="Use only the first N images.")] = None,
+    arch: Annotated[str, typer.Option(help="resnet18 | resnet50.")] = "resnet18",
+    width: Annotated[int, typer.Option(help="Base channel width (64 = the standard ResNet).")] = 64,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Images per batch (two views each).")] = 512,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    temperature: Annotated[float, typer.Option(help="NT-Xent temperature.")] = 0.5,
+    monitor_split: Annotated[Optional[str], typer.Option(help="Labelled split for a k-NN monitor (labels never reach the loss), e.g. test.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """SimCLR (NT-Xent) pretraining of a CIFAR-style ResNet; checkpoints every epoch, resumable."""
+    from .encoders.commands import pretrain_simclr_on
+
+    check_writable(out, is_dir=True)
+    enc = pretrain_simclr_on(dataset=dataset, root=root, split=split, out=out, subset=subset,
+                             monitor_split=monitor_split, seed=seed, arch=arch, width=width,
+                             epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+                             device=device, amp=amp, resume=resume, progress=not quiet,
+                             log=typer.echo)
+    typer.echo(f"saved encoder to {out / 'encoder'} (use: lra embed --encoder simclr "
+               f"--encoder-dir {out / 'encoder'} ...); final nt-xent {enc.history_[-1]['loss']:.4f}")
 
 
 def main() -> None:

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from lra_diffusion.encoders.base import CONFIG_FILE, STATE_FILE, Encoder
-from lra_diffusion.encoders.cache import cache_key, dataset_fingerprint, embed, fit_cached
+from lra_diffusion.encoders.cache import (
+    cache_key,
+    dataset_fingerprint,
+    embed,
+    export_features,
+    fit_cached,
+)
 from lra_diffusion.encoders.hf import CLIPEncoder, DINOv2Encoder
 from lra_diffusion.encoders.kmeans import KMeansEncoder
 from lra_diffusion.encoders.pixels import PixelEncoder
@@ -75,6 +81,7 @@ __all__ = [
     "cache_key",
     "dataset_fingerprint",
     "embed",
+    "export_features",
     "fit_cached",
     "get_encoder",
     "load_encoder",

@@ -110,7 +110,12 @@ def _as_array(images: ImageSource) -> ImageSource:
 
 def to_float_nchw(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """``uint8 (B, H, W, 3)`` -> ``float32 (B, 3, H, W)`` in 0..255 on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float()
+    return torch.from_numpy(_writable(batch)).to(device).permute(0, 3, 1, 2).float()
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """A contiguous array torch may wrap (memory-mapped read-only input is copied)."""
+    return np.ascontiguousarray(a) if a.flags.writeable else np.array(a, order="C")
 
 
 class Encoder:

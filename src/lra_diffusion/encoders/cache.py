@@ -211,6 +211,20 @@ def fit_cached(
     return encoder
 
 
+def export_features(features: np.ndarray, out: str | os.PathLike[str]) -> Path:
+    """Write ``features`` to ``out`` (``.npy``) atomically, in chunks (works on a memmap)."""
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise InputError(f"output {out} must end in .npy")
+    with atomic_path(out) as tmp:
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=features.dtype, shape=features.shape)
+        for lo in range(0, len(features), 65_536):
+            dst[lo : lo + 65_536] = features[lo : lo + 65_536]
+        dst.flush()
+        del dst
+    return out
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", str(text)).strip("_") or "data"
 

@@ -185,7 +185,7 @@ class HFEncoder(Encoder):
         if top < 0 or left < 0:
             raise InputError(f"{self.name}: resized images {size} are smaller than the crop")
         batch = batch[:, top : top + self.crop_size, left : left + self.crop_size]
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+        x = torch.from_numpy(np.array(batch, order="C")).to(device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)

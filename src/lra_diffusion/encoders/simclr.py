@@ -350,7 +350,7 @@ class SimCLREncoder(Encoder):
 
     def normalize(self, batch: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` -> normalised float ``(B, 3, H, W)`` on ``device``."""
-        x = torch.as_tensor(batch).to(device, non_blocking=True)
+        x = torch.from_numpy(np.array(batch, order="C")).to(device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return normalize_tensor(x, self.mean, self.std)
 
