@@ -154,3 +154,21 @@ def test_no_torchvision_import():
 
     assert "torchvision" not in sys.modules
     assert hf_module.WEIGHT_FILES[0] == "model.safetensors"
+
+
+def test_images_of_different_sizes_are_resized_each(clip_dir):
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    tall = rng.integers(0, 256, (40, 18, 3), dtype=np.uint8)
+
+    class Mixed:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return [small, tall, small][i], 0, i
+
+    enc = CLIPEncoder(model=clip_dir)
+    feats = enc.encode(Mixed(), batch_size=3)
+    np.testing.assert_allclose(feats[0], enc.encode(small[None])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats[1], enc.encode(tall[None])[0], rtol=1e-5, atol=1e-6)

@@ -62,11 +62,17 @@ def check_image_array(images: np.ndarray) -> None:
 
 
 def image_batches(
-    images: ImageSource, batch_size: int, *, start: int = 0, stop: int | None = None
-) -> Iterator[np.ndarray]:
+    images: ImageSource,
+    batch_size: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    ragged: bool = False,
+) -> Iterator[np.ndarray | list[np.ndarray]]:
     """Yield ``uint8 (B, H, W, 3)`` batches of ``images[start:stop]``.
 
-    A dataset's items must all have the same ``(H, W)``; resize them in the dataset's transform.
+    A dataset's items must all have the same ``(H, W)`` unless ``ragged``, when a batch of
+    different sizes comes as a list of ``(H_i, W_i, 3)`` arrays (for encoders that resize).
     """
     n = num_images(images)
     stop = n if stop is None else min(stop, n)
@@ -78,6 +84,11 @@ def image_batches(
             continue
         batch = [np.asarray(images[i][0]) for i in range(lo, hi)]
         shapes = {b.shape for b in batch}
+        if len(shapes) != 1 and ragged:
+            for b in batch:
+                check_image_array(b[None])
+            yield batch
+            continue
         if len(shapes) != 1:
             raise InputError(
                 f"dataset images {lo}..{hi - 1} have different shapes {sorted(shapes)}; "
@@ -129,6 +140,7 @@ class Encoder:
 
     name: ClassVar[str] = ""
     needs_fit: ClassVar[bool] = False
+    ragged_input: ClassVar[bool] = False  # accepts batches of differently sized images (a list)
     batch_size: int = 256
     device: str = "cpu"
 
@@ -153,7 +165,7 @@ class Encoder:
             )
 
     def _encode_batch(self, batch: np.ndarray) -> torch.Tensor:
-        """``uint8 (B, H, W, 3)`` -> ``float32 (B, D)`` (any device)."""
+        """``uint8 (B, H, W, 3)`` (a list of ``(H_i, W_i, 3)`` if ``ragged_input``) -> ``(B, D)``."""
         raise NotImplementedError
 
     def encode(
@@ -185,7 +197,8 @@ class Encoder:
         self.check_is_fitted()
         out = np.empty((max(stop - start, 0), self.dim), dtype=np.float32)
         done = 0
-        for batch in image_batches(images, batch_size or self.batch_size, start=start, stop=stop):
+        bs = batch_size or self.batch_size
+        for batch in image_batches(images, bs, start=start, stop=stop, ragged=self.ragged_input):
             out[done : done + len(batch)] = self._encode_batch(batch).float().cpu().numpy()
             done += len(batch)
             if bar is not None:

@@ -80,6 +80,7 @@ def _default(family: str, model: Any) -> str:
 class HFEncoder(Encoder):
     """Base of the ``transformers`` image encoders: offline loading and torch preprocessing."""
 
+    ragged_input = True  # images of any size: each is resized and cropped
     model_class: ClassVar[str] = ""
     default_model: ClassVar[str] = ""
     default_mean: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
@@ -165,31 +166,31 @@ class HFEncoder(Encoder):
     def from_saved(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> HFEncoder:
         return cls(**config)
 
-    def preprocess(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:
-        """uint8 ``(B, H, W, 3)`` -> normalised ``(B, 3, crop, crop)`` float32.
+    def preprocess(self, batch: np.ndarray | list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` (or a list of differently sized images) -> ``(B, 3, crop, crop)``.
 
         The steps and rounding of the Hugging Face image processors (and of OpenAI CLIP's
         ``preprocess``): PIL bicubic resize of the shorter side, centre crop, rescale, normalise.
         """
-        h, w = batch.shape[1:3]
-        short, long = (h, w) if h <= w else (w, h)
-        new_long = int(self.resize_to * long / short)
-        size = (self.resize_to, new_long) if h <= w else (new_long, self.resize_to)  # (h, w)
-        if size != (h, w):
-            batch = np.stack([
-                np.asarray(Image.fromarray(im).resize(size[::-1], Image.Resampling.BICUBIC))
-                for im in batch
-            ])
-        top = (size[0] - self.crop_size) // 2
-        left = (size[1] - self.crop_size) // 2
-        if top < 0 or left < 0:
-            raise InputError(f"{self.name}: resized images {size} are smaller than the crop")
-        batch = batch[:, top : top + self.crop_size, left : left + self.crop_size]
-        x = torch.from_numpy(np.array(batch, order="C")).to(device)
+        batch = np.stack([self._resize_crop(np.asarray(im)) for im in batch])
+        x = torch.from_numpy(batch).to(device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def _resize_crop(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        short, long = (h, w) if h <= w else (w, h)
+        new_long = int(self.resize_to * long / short)
+        size = (self.resize_to, new_long) if h <= w else (new_long, self.resize_to)  # (h, w)
+        if size != (h, w):
+            image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BICUBIC))
+        top = (size[0] - self.crop_size) // 2
+        left = (size[1] - self.crop_size) // 2
+        if top < 0 or left < 0:
+            raise InputError(f"{self.name}: resized image {size} is smaller than the crop")
+        return image[top : top + self.crop_size, left : left + self.crop_size]
 
     def _encode_batch(self, batch: np.ndarray) -> torch.Tensor:
         dev = torch.device(self.device)
