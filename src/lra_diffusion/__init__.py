@@ -1,3 +1,13 @@
-"""LRA-diffusion: learning from noisy labels with label-retrieval-augmented diffusion."""
+"""LRA-diffusion: learning from noisy labels with label-retrieval-augmented diffusion.
+
+>>> from lra_diffusion import LRAClassifier, Config          # doctest: +SKIP
+>>> clf = LRAClassifier(random_state=0).fit(X, y_noisy)       # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
+
+from .config import Config  # noqa: E402
+from .errors import InputError  # noqa: E402
+from .estimator import LRAClassifier  # noqa: E402
+
+__all__ = ["Config", "InputError", "LRAClassifier", "__version__"]

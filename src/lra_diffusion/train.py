@@ -73,6 +73,32 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def training_step(
+    model: LabelDenoiser,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    alpha_bar: torch.Tensor,
+    generator: torch.Generator,
+    grad_clip: float,
+) -> float:
+    """One optimiser step of the weighted epsilon-prediction loss on a batch; returns the loss.
+
+    x (B, D) features, labels (B,) retrieved labels, weights (B,) agreement counts.
+    """
+    y0 = torch.nn.functional.one_hot(labels, model.num_classes).float()
+    t = antithetic_timesteps(len(x), len(alpha_bar), generator=generator)
+    eps = torch.randn(y0.shape, generator=generator)
+    loss = weighted_eps_loss(model(x, q_sample(y0, t, eps, alpha_bar), t), eps, weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 def train(
     features: np.ndarray,
     labels: np.ndarray,
@@ -173,24 +199,17 @@ def train(
         if pos == 0 or perm is None:
             perm = torch.randperm(n, generator=gen)
         idx = perm[pos * batch : (pos + 1) * batch]
-        drawn, weights = sampler.sample(idx, gen)
-        y0 = torch.nn.functional.one_hot(drawn, num_classes).float()
-        t = antithetic_timesteps(len(idx), dc.timesteps, generator=gen)
-        eps = torch.randn(y0.shape, generator=gen)
-        loss = weighted_eps_loss(model(x[idx], q_sample(y0, t, eps, alpha_bar), t), eps, weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {state['step']}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * lr_factor(state["step"], total, warmup)
-        optimizer.step()
+        loss = training_step(model, optimizer, x[idx], *sampler.sample(idx, gen), alpha_bar=alpha_bar,
+                             generator=gen, grad_clip=tc.grad_clip)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {state['step']}")
         ema_update(ema, model, min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"])))
         state["step"] += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1, refresh=False)
-        state.setdefault("losses", []).append(loss.item())
+        bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1, refresh=False)
+        state.setdefault("losses", []).append(loss)
 
         epoch_end = state["step"] % steps_per_epoch == 0
         if epoch_end:

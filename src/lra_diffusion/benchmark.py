@@ -1,0 +1,253 @@
+"""Benchmark harness: LRA-diffusion against baselines on the *same* features and noisy labels.
+
+Baselines (all model-selected on the same validation split as LRA-diffusion):
+
+- ``linear``: softmax regression (cross-entropy linear head), L2 chosen on the validation split;
+- ``mlp``: a 2-layer MLP head (hidden 512, ReLU) trained with cross-entropy, best epoch on validation;
+- ``knn``: a k-NN vote (k=10);
+- ``cleanlab``: cleanlab's ``CleanLearning`` around the softmax regression (needs the ``bench`` extra);
+- ``ceiling``: the linear and MLP heads trained on the *clean* labels (the better one is reported).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.neighbors import KNeighborsClassifier
+
+from . import __version__
+from .io import write_json
+
+
+@dataclass
+class Split:
+    """Features and labels of one benchmark setting (noisy train, validation, clean test)."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray  # noisy
+    y_train_clean: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray  # clean (paper protocol) or noisy (held-out slice)
+    X_test: np.ndarray
+    y_test: np.ndarray
+    val_is_clean: bool
+
+
+class SoftmaxRegression(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression fitted by full-batch L-BFGS in torch (fast on 2 cores).
+
+    Parameters
+    ----------
+    l2 : weight of 0.5 * ||W||^2 / N added to the mean cross-entropy.
+    max_iter : L-BFGS iterations.
+    """
+
+    def __init__(self, *, l2: float = 1e-3, max_iter: int = 200):
+        self.l2 = l2
+        self.max_iter = max_iter
+
+    def fit(self, X, y, sample_weight=None):
+        self.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
+        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        self.mean_, self.std_ = X.mean(0), X.std(0).clamp_min(1e-6)
+        Xs = (X - self.mean_) / self.std_
+        yt = torch.as_tensor(y_idx)
+        C = max(len(self.classes_), 2)
+        self.W_ = torch.zeros(X.shape[1], C, requires_grad=True)
+        self.b_ = torch.zeros(C, requires_grad=True)
+        opt = torch.optim.LBFGS([self.W_, self.b_], max_iter=self.max_iter, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(Xs @ self.W_ + self.b_, yt) + 0.5 * self.l2 * self.W_.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return self
+
+    def predict_proba(self, X):
+        with torch.no_grad():
+            X = (torch.as_tensor(np.asarray(X, dtype=np.float32)) - self.mean_) / self.std_
+            p = torch.softmax(X @ self.W_ + self.b_, dim=1).numpy()
+        return p[:, : len(self.classes_)]
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def fit_linear(split: Split, y: np.ndarray, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)) -> tuple[SoftmaxRegression, float]:
+    """Softmax regression with L2 chosen on the validation split. Returns (model, val accuracy)."""
+    best = None
+    for l2 in l2_grid:
+        m = SoftmaxRegression(l2=l2).fit(split.X_train, y)
+        acc = m.score(split.X_val, split.y_val)
+        if best is None or acc > best[1]:
+            best = (m, acc)
+    return best
+
+
+def fit_mlp(split: Split, y: np.ndarray, *, hidden: int = 512, epochs: int = 30, seed: int = 0) -> tuple[Callable, float]:
+    """2-layer MLP head with cross-entropy; the epoch with the best validation accuracy is kept."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    X = torch.as_tensor(split.X_train, dtype=torch.float32)
+    mean, std = X.mean(0), X.std(0).clamp_min(1e-6)
+    Xs = (X - mean) / std
+    Xv = (torch.as_tensor(split.X_val, dtype=torch.float32) - mean) / std
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    C = int(max(y.max(), split.y_val.max(), split.y_test.max())) + 1
+    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, C))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    best_state, best_acc = None, -1.0
+    for _ in range(epochs):
+        perm = torch.randperm(len(Xs), generator=g)
+        for i in range(0, len(perm), 256):
+            idx = perm[i : i + 256]
+            loss = torch.nn.functional.cross_entropy(net(Xs[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = float((net(Xv).argmax(1).numpy() == split.y_val).mean())
+        if acc > best_acc:
+            best_acc, best_state = acc, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+
+    def predict(Xq: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net((torch.as_tensor(Xq, dtype=torch.float32) - mean) / std).argmax(1).numpy()
+
+    return predict, best_acc
+
+
+def run_baselines(split: Split, *, seed: int = 0, methods=("linear", "mlp", "knn", "cleanlab", "ceiling")) -> dict:
+    """Test accuracy and seconds of each baseline on ``split``."""
+    out: dict[str, dict] = {}
+
+    def record(name, fn):
+        start = time.perf_counter()
+        acc = fn()
+        out[name] = {"test_accuracy": float(acc), "seconds": time.perf_counter() - start}
+
+    if "linear" in methods:
+        record("linear", lambda: fit_linear(split, split.y_train)[0].score(split.X_test, split.y_test))
+    if "mlp" in methods:
+        record("mlp", lambda: (fit_mlp(split, split.y_train, seed=seed)[0](split.X_test) == split.y_test).mean())
+    if "knn" in methods:
+        record("knn", lambda: KNeighborsClassifier(10).fit(split.X_train, split.y_train).score(split.X_test, split.y_test))
+    if "cleanlab" in methods:
+        def cleanlab_fit():
+            from cleanlab.classification import CleanLearning
+
+            l2 = fit_linear(split, split.y_train)[0].l2
+            cl = CleanLearning(SoftmaxRegression(l2=l2), cv_n_folds=3, seed=seed, verbose=False)
+            return cl.fit(split.X_train, split.y_train).score(split.X_test, split.y_test)
+
+        record("cleanlab", cleanlab_fit)
+    if "ceiling" in methods:
+        clean_val = split.y_val if split.val_is_clean else None
+        ceiling_split = Split(split.X_train, split.y_train_clean, split.y_train_clean, split.X_val,
+                              clean_val if clean_val is not None else split.y_val, split.X_test, split.y_test, True)
+        record("ceiling_linear", lambda: fit_linear(ceiling_split, split.y_train_clean)[0].score(split.X_test, split.y_test))
+        record("ceiling_mlp", lambda: (fit_mlp(ceiling_split, split.y_train_clean, seed=seed)[0](split.X_test)
+                                        == split.y_test).mean())
+    return out
+
+
+def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False) -> dict:
+    """Fit LRA-diffusion on ``split``; test accuracy, seconds and retrieval diagnostics."""
+    from .estimator import LRAClassifier
+
+    start = time.perf_counter()
+    est = LRAClassifier(config=config, random_state=seed, verbose=verbose)
+    est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
+    seconds = time.perf_counter() - start
+    res = est.train_result_
+    # retrieval diagnostics: how often a drawn label is clean, and the retrieval vote's accuracy
+    nb = res.neighbours
+    cand = np.concatenate([split.y_train[:, None], split.y_train[nb]], axis=1)
+    clean_draw = float((cand == split.y_train_clean[:, None]).mean())
+    vote = np.array([np.bincount(c, minlength=int(cand.max()) + 1).argmax() for c in cand])
+    return {
+        "test_accuracy": float(est.score(split.X_test, split.y_test)),
+        "seconds": seconds,
+        "best_epoch": res.best_epoch,
+        "epochs": res.epochs,
+        "best_val_accuracy": res.best_val_accuracy,
+        "retrieval_clean_draw_fraction": clean_draw,
+        "retrieval_vote_accuracy": float((vote == split.y_train_clean).mean()),
+        "train_noise_rate": float((split.y_train != split.y_train_clean).mean()),
+    }
+
+
+def environment() -> dict:
+    import sklearn
+
+    return {"lra_diffusion": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "sklearn": sklearn.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "threads": torch.get_num_threads()}
+
+
+def write_result(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**payload, "environment": environment(), "date": time.strftime("%Y-%m-%d")})
+
+
+def read_results(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def replace_section(markdown: Path, name: str, body: str) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (append if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = markdown.read_text() if markdown.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    markdown.write_text(text)
+
+
+# ---- CIFAR-10 on the shared copy -------------------------------------------------------------------
+CIFAR10_SETTINGS: dict[str, tuple[str, str]] = {
+    "pmd-0.35": ("pmd", "cifar10-1-0.35.npy"),
+    "pmd-0.70": ("pmd", "cifar10-1-0.70.npy"),
+    "pmd-0.35-U-0.3": ("pmd", "cifar10-1-0.35_U_0.3.npy"),
+    "pmd-0.35-U-0.6": ("pmd", "cifar10-1-0.35_U_0.6.npy"),
+    "pmd-0.35-A-0.3": ("pmd", "cifar10-1-0.35_A_0.3.npy"),
+    "c10n-aggre": ("cifar10n", "aggre"),
+    "c10n-random1": ("cifar10n", "random1"),
+    "c10n-worse": ("cifar10n", "worse"),
+}
+
+
+def cifar10_split(setting: str, train_features: np.ndarray, test_features: np.ndarray, shared_root: Path,
+                  *, holdout: int = 5000, seed: int = 0) -> Split:
+    """The paper's protocol for PMD files; for CIFAR-10N all 50,000 with a held-out *noisy* slice."""
+    from .data import load_cifar_n, load_pmd_labels
+    from .data.cifar import read_index_csv
+
+    kind, name = CIFAR10_SETTINGS[setting]
+    _, clean = read_index_csv(shared_root / "train.csv")
+    _, test_labels = read_index_csv(shared_root / "test.csv")
+    if kind == "pmd":
+        noisy = load_pmd_labels(shared_root / "noisy_labels" / "pmd" / name)
+        n = len(noisy)
+        return Split(train_features[:n], noisy, clean[:n], train_features[n:], clean[n:], test_features,
+                     test_labels, val_is_clean=True)
+    noisy = load_cifar_n(shared_root / "noisy_labels" / "cifar10n.csv", name)
+    perm = np.random.default_rng(seed).permutation(len(noisy))
+    val, tr = np.sort(perm[:holdout]), np.sort(perm[holdout:])
+    return Split(train_features[tr], noisy[tr], clean[tr], train_features[val], noisy[val], test_features,
+                 test_labels, val_is_clean=False)
