@@ -147,10 +147,14 @@ def train(
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
     x = torch.from_numpy(x_np)
 
-    model = LabelDenoiser(
-        num_classes, x.shape[1], feature_dim=config.model.feature_dim, timesteps=dc.timesteps,
-        x_encoder=config.model.x_encoder,
-    )
+    # The initial weights come from the seed too: nn.Linear draws from torch's global CPU generator, so
+    # seed it inside a fork that restores the caller's state afterwards.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        model = LabelDenoiser(
+            num_classes, x.shape[1], feature_dim=config.model.feature_dim, timesteps=dc.timesteps,
+            x_encoder=config.model.x_encoder,
+        )
     model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(

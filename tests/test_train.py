@@ -1,0 +1,200 @@
+"""The trainer: learning-rate schedule, hold-out split, EMA, determinism, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from lra_diffusion.config import Config
+from lra_diffusion.errors import InputError
+from lra_diffusion.evaluate import predict_y0, readout
+from lra_diffusion.io import load_tensors
+from lra_diffusion.train import Checkpointer, ema_update, lr_factor, split_holdout, train
+
+from conftest import TINY, make_blobs
+
+# 216 training rows after the 10% hold-out, batch 32: 6 steps per epoch, 18 steps in all
+CKPT = Config.from_dict(TINY).replace(train={"checkpoint_every": 4, "keep_checkpoints": 100})
+STEPS_PER_EPOCH, TOTAL = 6, 18
+
+
+def run(config: Config = CKPT, seed: int = 0, **kw):
+    X, y = make_blobs()
+    return train(X, y, num_classes=3, config=config, seed=seed, progress=False, **kw)
+
+
+def assert_same_result(a, b) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert a.history == b.history
+
+
+def step_of(path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+# ---- pieces -------------------------------------------------------------------------------------
+
+
+def test_lr_factor_warms_up_then_decays_to_zero():
+    f = [lr_factor(s, 100, 10) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:10], f[1:10]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[55] == pytest.approx(0.5) and f[100] == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, 10, 0) == 1.0  # no warm-up
+
+
+def test_split_holdout():
+    g = torch.Generator().manual_seed(0)
+    tr, va = split_holdout(100, 0.1, g)
+    assert len(va) == 10 and len(tr) == 90
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(100))
+    assert split_holdout(100, 0.0, g)[1] is None
+    assert split_holdout(3, 0.5, g)[1] is None  # would leave fewer than 2 training rows
+    a = split_holdout(50, 0.2, torch.Generator().manual_seed(1))
+    b = split_holdout(50, 0.2, torch.Generator().manual_seed(1))
+    assert np.array_equal(a[1], b[1])
+
+
+def test_ema_update():
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    ema_update(ema, model, 0.75)
+    torch.testing.assert_close(ema.weight, torch.full((3,), 1.25))  # 0.75 * 1 + 0.25 * 2
+    torch.testing.assert_close(ema.running_mean, torch.full((3,), 5.0))  # buffers are copied
+    ema_update(ema, model, 0.0)
+    torch.testing.assert_close(ema.weight, model.weight)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+def test_learns_separable_blobs():
+    config = Config.from_dict(TINY).replace(train={"epochs": 50, "lr": 1e-2}, model={"feature_dim": 32})
+    result = run(config)
+    X, y = make_blobs(seed=0)
+    pred = readout(predict_y0(result.model, X, config.diffusion)).numpy()
+    assert (pred == y).mean() > 0.9
+    assert result.best_val_accuracy is not None and result.best_val_accuracy > 0.9
+    assert len(result.history) == 50 and result.steps == 50 * STEPS_PER_EPOCH
+    assert not result.model.training
+
+
+def test_same_seed_is_bit_identical_and_another_seed_is_not():
+    a, b, c = run(), run(), run(seed=1)
+    assert_same_result(a, b)
+    assert not torch.equal(a.model.lin4.weight, c.model.lin4.weight)
+
+
+def test_training_leaves_global_random_state_alone():
+    # all randomness flows from the run's own generator: no global torch, NumPy or Python RNG is used
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    run()
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert random.getstate() == states[2]
+
+
+def test_external_validation_set_is_used_for_selection():
+    X, y = make_blobs()
+    Xv, yv = make_blobs(60, seed=0)
+    result = train(X, y, num_classes=3, config=CKPT, val_features=Xv, val_labels=yv, progress=False)
+    assert result.val_index is None and len(result.train_index) == 240
+    assert all("val_accuracy" in h for h in result.history)
+
+
+def test_k_too_large_raises_and_writes_nothing(tmp_path):
+    X, y = make_blobs(12)
+    config = CKPT.replace(retrieval={"k": 11})
+    with pytest.raises(InputError, match="k=11 neighbours need more than 11 training samples"):
+        train(X, y, num_classes=3, config=config, checkpoint_dir=tmp_path / "ck", progress=False)
+    assert not (tmp_path / "ck").exists()
+
+
+# ---- checkpoints and resume ---------------------------------------------------------------------
+
+
+def test_checkpoints_every_n_steps_and_at_epoch_ends(tmp_path):
+    run(checkpoint_dir=tmp_path)
+    steps = [step_of(p) for p in Checkpointer(tmp_path).paths()]
+    assert steps == [4, 6, 8, 12, 16, 18]
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left
+
+
+def test_only_the_last_k_checkpoints_are_kept(tmp_path):
+    run(CKPT.replace(train={"keep_checkpoints": 2}), checkpoint_dir=tmp_path)
+    assert [step_of(p) for p in Checkpointer(tmp_path).paths()] == [16, 18]
+
+
+def test_checkpoint_holds_the_whole_training_state(tmp_path):
+    run(checkpoint_dir=tmp_path)
+    tensors, meta = load_tensors(tmp_path / "ckpt-000000008.safetensors")
+    prefixes = {k.split(".")[0] for k in tensors}
+    assert {"model", "ema", "optim", "rng"} <= prefixes
+    assert "rng.generator" in tensors and tensors["rng.perm"].shape == (216,)
+    assert meta["state"]["step"] == 8
+    assert meta["fingerprint"]["seed"] == 0 and len(meta["fingerprint"]["features"]) == 64
+    assert {"version", "torch", "optimizer_groups"} <= set(meta)
+    assert any(k.endswith(".exp_avg_sq") for k in tensors)  # Adam's moments
+
+
+@pytest.mark.parametrize("stop", [4, 6, 8, 12])  # mid-epoch and epoch-end checkpoints
+def test_resume_is_bit_identical(tmp_path, stop):
+    full = run(checkpoint_dir=tmp_path / "full")
+    ck = tmp_path / "cut"
+    run(checkpoint_dir=ck)
+    for path in Checkpointer(ck).paths():  # simulate a run killed right after checkpoint `stop`
+        if step_of(path) > stop:
+            path.unlink()
+    resumed = run(checkpoint_dir=ck, resume=True)
+    assert_same_result(resumed, full)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    full = run(checkpoint_dir=tmp_path)
+    for path in Checkpointer(tmp_path).paths():
+        if step_of(path) > 12:
+            path.unlink()
+    newest = tmp_path / "ckpt-000000012.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint ckpt-000000012"):
+        _, meta = Checkpointer(tmp_path).load_latest()
+    assert meta["state"]["step"] == 8
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint ckpt-000000012"):
+        resumed = run(checkpoint_dir=tmp_path, resume=True)
+    assert_same_result(resumed, full)
+
+
+def test_no_readable_checkpoint_starts_afresh(tmp_path):
+    full = run()
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "ckpt-000000004.safetensors").write_bytes(b"")
+    (tmp_path / "ckpt-000000008.safetensors").write_bytes(b"not a checkpoint at all")
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
+        resumed = run(checkpoint_dir=tmp_path, resume=True)
+    assert_same_result(resumed, full)
+
+
+def test_resume_without_checkpoints_is_a_fresh_run(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same_result(run(checkpoint_dir=tmp_path / "a", resume=True), run())
+
+
+def test_resume_refuses_checkpoints_of_another_run(tmp_path):
+    run(checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match="belong to other inputs, config or seed"):
+        run(seed=1, checkpoint_dir=tmp_path, resume=True)
