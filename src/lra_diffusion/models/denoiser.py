@@ -74,7 +74,9 @@ class LabelDenoiser(nn.Module):
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feat_mean.copy_(mean)
-        self.feat_std.copy_(std.clamp_min(1e-6))
+        # a feature constant on the training data carries nothing; dividing by ~0 would blow up any
+        # other value it takes at prediction time (held-out folds, new data) into inf / NaN
+        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, features: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """features (B, D), y_t (B, C), t (B,) int64 -> eps_pred (B, C)."""
