@@ -181,9 +181,9 @@ def noise(
 
 @command()
 def embed(
-    encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2 | precomputed.")],
+    encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2 | precomputed; text: minilm | sentence-transformer (-o model=DIR).")],
     out: Annotated[Path, typer.Option(help="Features to write, .npy (N, D).")],
-    dataset: Annotated[str, typer.Option(help="cifar10 (shared JPEG copy) | folder (ROOT/SPLIT/<class>/...) | npy (ROOT/SPLIT.npy, uint8 N,H,W,3).")] = "cifar10",
+    dataset: Annotated[str, typer.Option(help="cifar10 (shared JPEG copy) | folder (ROOT/SPLIT/<class>/...) | npy (ROOT/SPLIT.npy, uint8 N,H,W,3); text: noisy-ag-news | banking77 (shared copies) | text (column 'text' of ROOT/SPLIT.csv or .jsonl, or of the file ROOT).")] = "cifar10",
     root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("/work/shared/data/cifar10"),
     split: Annotated[str, typer.Option(help="Split to embed.")] = "train",
     fit_split: Annotated[str, typer.Option(help="Unlabelled split pixels/kmeans are fitted on.")] = "train",

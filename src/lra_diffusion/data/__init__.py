@@ -5,7 +5,8 @@ with attributes ``labels`` (int64 ``(N,)``), ``classes``, ``paths`` (``None`` wh
 ``indices`` and ``root``. :func:`load_images` decodes a dataset into one ``(N, H, W, 3)`` array.
 
 Label files (:mod:`.labels`) load as int64 arrays aligned with the dataset index; noise models
-(:mod:`.noise`) return ``(noisy_labels, realised_transition_matrix)``.
+(:mod:`.noise`) return ``(noisy_labels, realised_transition_matrix)``. Text data (:mod:`.text`) is a
+:class:`TextDataset` (``dataset[i] -> (text, label, index)``).
 """
 
 from lra_diffusion.data.cifar import (
@@ -46,6 +47,14 @@ from lra_diffusion.data.noise import (
     symmetric_noise,
     transition_matrix,
 )
+from lra_diffusion.data.text import (
+    AG_NEWS_CLASSES,
+    TextDataset,
+    load_banking77,
+    load_noisy_ag_news,
+    load_text_file,
+    open_texts,
+)
 from lra_diffusion.data.webdata import (
     CLOTHING1M_CLASSES,
     Clothing1M,
@@ -57,6 +66,7 @@ from lra_diffusion.data.webdata import (
 )
 
 __all__ = [
+    "AG_NEWS_CLASSES",
     "CIFAR",
     "CIFAR10_CLASSES",
     "CIFAR100_COARSE",
@@ -74,6 +84,7 @@ __all__ = [
     "NoiseReport",
     "ProtocolSplit",
     "SharedCIFAR10",
+    "TextDataset",
     "as_generator",
     "asymmetric_map",
     "asymmetric_noise",
@@ -87,14 +98,18 @@ __all__ = [
     "file_md5",
     "format_report",
     "instance_noise",
+    "load_banking77",
     "load_cifar_n",
     "load_images",
     "load_label_file",
+    "load_noisy_ag_news",
     "load_pmd_labels",
     "load_shared_cifar10",
+    "load_text_file",
     "make_noisy_label_file",
     "make_noisy_labels",
     "noise_rate",
+    "open_texts",
     "pairflip_noise",
     "parse_noise_steps",
     "parse_pmd_name",

@@ -3,7 +3,8 @@
 >>> enc = get_encoder("kmeans", n_centroids=1600).fit(train_images)   # doctest: +SKIP
 >>> feats = embed(enc, train_images, cache_dir="cache/features", split="train")  # doctest: +SKIP
 
-Encoders (``ENCODERS``): ``pixels``, ``kmeans``, ``simclr``, ``clip``, ``dinov2``, ``precomputed``.
+Encoders (``ENCODERS``): ``pixels``, ``kmeans``, ``simclr``, ``clip``, ``dinov2``, ``precomputed``;
+for text (the ``text`` extra): ``minilm``, ``sentence-transformer``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lra_diffusion.encoders.kmeans import KMeansEncoder
 from lra_diffusion.encoders.pixels import PixelEncoder
 from lra_diffusion.encoders.precomputed import PrecomputedEncoder, load_feature_file
 from lra_diffusion.encoders.simclr import SimCLREncoder, pretrain_simclr
+from lra_diffusion.encoders.text import MiniLMEncoder, SentenceTransformerEncoder
 from lra_diffusion.errors import InputError
 
 ENCODERS: dict[str, type[Encoder]] = {
@@ -37,6 +39,8 @@ ENCODERS: dict[str, type[Encoder]] = {
         CLIPEncoder,
         DINOv2Encoder,
         PrecomputedEncoder,
+        MiniLMEncoder,
+        SentenceTransformerEncoder,
     )
 }
 
@@ -75,8 +79,10 @@ __all__ = [
     "ENCODERS",
     "Encoder",
     "KMeansEncoder",
+    "MiniLMEncoder",
     "PixelEncoder",
     "PrecomputedEncoder",
+    "SentenceTransformerEncoder",
     "SimCLREncoder",
     "cache_key",
     "dataset_fingerprint",

@@ -47,11 +47,17 @@ def dataset_fingerprint(images: ImageSource) -> str:
     Arrays hash their bytes. A dataset of :mod:`lra_diffusion.data` hashes its decoded array, its
     in-memory encoded bytes, or (files on disk) its root, relative paths, file sizes and mtimes,
     plus the canonical indices. Any other dataset has every image read and hashed. A dataset may
-    also provide its own ``fingerprint()`` method.
+    also provide its own ``fingerprint()`` method (text datasets hash their texts); a plain list of
+    strings hashes the strings.
     """
     h = hashlib.sha256()
     if isinstance(images, np.ndarray):
         _hash_array(h, images)
+        return h.hexdigest()[:16]
+    if isinstance(images, (list, tuple)) and all(isinstance(t, str) for t in images):
+        from lra_diffusion.encoders.text import texts_fingerprint  # a list of texts
+
+        h.update(texts_fingerprint(list(images)).encode())
         return h.hexdigest()[:16]
     own = getattr(images, "fingerprint", None)
     if callable(own):

@@ -15,16 +15,25 @@ from lra_diffusion.encoders.base import Encoder, ImageSource, num_images
 from lra_diffusion.encoders.cache import embed, export_features, fit_cached
 from lra_diffusion.errors import InputError
 
-DATASET_KINDS = ("cifar10", "folder", "npy")
+DATASET_KINDS = ("cifar10", "folder", "npy", "noisy-ag-news", "banking77", "text")
+TEXT_KINDS = ("noisy-ag-news", "banking77", "text")
 
 
 def open_images(dataset: str, root: str | os.PathLike[str], split: str) -> ImageSource:
-    """The images of one split.
+    """The images (or texts) of one split.
 
     ``cifar10``: the shared JPEG copy (``root`` holds ``train.csv`` / ``test.csv`` and the
     archive); ``folder``: an ImageFolder tree ``root/<split>/<class>/<file>``; ``npy``: a uint8
-    ``(N, H, W, 3)`` array in the file ``root/<split>.npy``.
+    ``(N, H, W, 3)`` array in the file ``root/<split>.npy``. Text (for the text encoders):
+    ``noisy-ag-news`` / ``banking77`` (the shared copies), ``text``: the ``text`` column of
+    ``root/<split>.csv`` / ``.jsonl`` / ``.tsv`` (or of the file ``root``).
     """
+    if dataset in TEXT_KINDS:
+        from lra_diffusion.data.text import find_text_file, open_texts, read_texts
+
+        if dataset == "text":
+            return read_texts(find_text_file(root, split))  # type: ignore[return-value]
+        return open_texts(dataset, root, split)  # type: ignore[return-value]
     root = Path(root)
     if dataset == "cifar10":
         from lra_diffusion.data import SharedCIFAR10
