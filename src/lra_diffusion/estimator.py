@@ -7,6 +7,7 @@ A run directory holds ``config.json`` (config, classes, seed, versions, input ha
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import __version__
 from .config import Config
@@ -106,12 +107,14 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         changes = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in shortcuts.items()}
         return base.replace(**{s: kv for s, kv in changes.items() if kv})
 
-    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+    def _check_X(self, X, *, reset: bool, what: str = "features") -> np.ndarray:
         try:
             X = validate_data(self, X, reset=reset, dtype=np.float32, ensure_all_finite=False)
         except ValueError as e:
-            raise InputError(str(e).splitlines()[0]) from None
-        check_finite(X)
+            # one line that keeps scikit-learn's advice ("Reshape your data ...") but not its array dump
+            message = " ".join(re.sub(r"array=\[.*?\]\.?", "", str(e), flags=re.S).split())
+            raise InputError(f"{what}: {message}") from None
+        check_finite(X, what)
         return X
 
     def fit(self, X, y, *, X_val=None, y_val=None, run_dir: str | Path | None = None, resume: bool = False):
@@ -123,20 +126,20 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         """
         config = self._effective_config()
         X = self._check_X(X, reset=True)
-        y = np.asarray(y)
-        if y.ndim != 1:
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = y.ravel()
-            else:
-                raise InputError(f"labels must be 1-D (N,), got shape {y.shape}")
+        if y is None:
+            raise InputError("LRAClassifier requires y to be passed, but the target y is None")
+        try:
+            y = column_or_1d(y, warn=True)  # an (N, 1) column is accepted with a DataConversionWarning
+            check_classification_targets(y)
+        except ValueError as e:
+            raise InputError(f"labels: {str(e).splitlines()[0]}") from None
         if len(y) != len(X):
             raise InputError(f"features have {len(X)} rows but labels have {len(y)}")
-        check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputError(f"need at least 2 classes to train, got 1 class ({self.classes_[0]!r})")
         if X_val is not None:
-            X_val = self._check_X(X_val, reset=False)
+            X_val = self._check_X(X_val, reset=False, what="validation features")
             y_val = np.asarray(y_val).ravel()
             if len(y_val) != len(X_val):
                 raise InputError(f"validation features have {len(X_val)} rows but labels have {len(y_val)}")
@@ -180,6 +183,16 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         X = self._check_X(X, reset=False)
         gen = torch.Generator().manual_seed(self.seed_)
         return predict_proba(self.model_, X, self.config_.diffusion, n_samples=self.n_samples, generator=gen).numpy()
+
+    def find_label_issues(self, X, y, **kwargs):
+        """Score and flag the labels y (N,) of X (N, D); see :func:`lra_diffusion.issues.find_label_issues`.
+
+        In-sample by default (this fitted model; fitted on X, y first if it is not fitted yet); ``cv=K``
+        fits K clones of this estimator for out-of-sample scores. Returns a ``LabelIssues``.
+        """
+        from .issues import find_label_issues
+
+        return find_label_issues(X, y, estimator=self, **kwargs)
 
     # ---- run directory -------------------------------------------------------------------------
     def save(self, run_dir: str | Path) -> Path:

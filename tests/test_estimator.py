@@ -1,0 +1,229 @@
+"""LRAClassifier: scikit-learn's estimator checks, run directories, determinism, input validation."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from lra_diffusion import __version__
+from lra_diffusion.errors import InputError
+from lra_diffusion.estimator import LRAClassifier
+from lra_diffusion.io import sha256_array
+
+from conftest import TINY, make_blobs
+
+
+def small(**kw) -> LRAClassifier:
+    return LRAClassifier(**{"config": TINY, "random_state": 0, **kw})
+
+
+# ---- scikit-learn's own checks ------------------------------------------------------------------
+
+# Small enough to run all checks in about 20 s, large enough that check_classifiers_train's blobs
+# (300 samples, 3 classes) reach its required training accuracy of 0.83.
+CHECKED = LRAClassifier(epochs=30, k=2, feature_dim=16, batch_size=32, lr=3e-2,
+                        config={"diffusion": {"timesteps": 20, "ddim_steps": 2}})
+
+# Checks we do not pass, with the reason. Empty: LRAClassifier passes every check of scikit-learn 1.9
+# (check_array_api_input skips itself unless SCIPY_ARRAY_API is set).
+EXPECTED_FAILED_CHECKS: dict[str, str] = {}
+
+
+@parametrize_with_checks([CHECKED], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        check(estimator)
+
+
+# ---- run directories, determinism ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", ["ints", "strings", "sparse_ints"])
+def test_save_load_gives_identical_predictions(tmp_path, labels):
+    X, y = make_blobs()
+    y = {"ints": y, "strings": np.array(["cat", "dog", "eel"])[y], "sparse_ints": np.array([3, 7, 10])[y]}[labels]
+    est = small(n_samples=3).fit(X, y)
+    est.save(tmp_path / "run")
+    loaded = LRAClassifier.load(tmp_path / "run")
+    assert loaded.classes_.tolist() == est.classes_.tolist() and loaded.classes_.dtype == est.classes_.dtype
+    assert set(est.predict(X)) <= set(y)
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+    np.testing.assert_array_equal(loaded.predict_label_vectors(X), est.predict_label_vectors(X))
+    assert loaded.get_params() == {**est.get_params(), "config": loaded.config_, "random_state": None}
+
+
+def test_non_contiguous_labels_are_mapped():
+    X, y = make_blobs()
+    est = small().fit(X, np.array([-5, 2, 40])[y])
+    assert est.classes_.tolist() == [-5, 2, 40]
+    assert est.model_.num_classes == 3
+    assert set(est.predict(X)) <= {-5, 2, 40}
+
+
+def test_same_seed_same_predictions_other_seed_other_weights():
+    X, y = make_blobs()
+    a, b, c = small().fit(X, y), small().fit(X, y), small(random_state=1).fit(X, y)
+    np.testing.assert_array_equal(a.predict_label_vectors(X), b.predict_label_vectors(X))
+    assert not torch.equal(a.model_.lin4.weight, c.model_.lin4.weight)
+
+
+def test_predict_proba_rows_are_distributions():
+    X, y = make_blobs()
+    for n_samples in (1, 4):
+        est = small(n_samples=n_samples).fit(X, y)
+        p = est.predict_proba(X[:20])
+        assert p.shape == (20, 3) and (p >= 0).all()
+        np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
+        np.testing.assert_array_equal(p, est.predict_proba(X[:20]))  # stochastic runs are seeded too
+
+
+def test_run_directory_records_versions_config_seed_and_input_hashes(tmp_path):
+    X, y = make_blobs()
+    est = small().fit(X, y, run_dir=tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["versions"]["lra_diffusion"] == __version__
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["config"] == est.config_.to_dict() and info["config"]["diffusion"]["timesteps"] == 50
+    assert info["seed"] == est.seed_
+    assert info["inputs"]["features_sha256"] == sha256_array(X)
+    assert info["inputs"]["labels_sha256"] == sha256_array(y)  # labels 0..2 map to themselves
+    assert info["n_features_in"] == 8 and info["classes"] == [0, 1, 2]
+    assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_fit_resume_from_run_dir_is_identical(tmp_path):
+    X, y = make_blobs()
+    full = small().fit(X, y)
+    small().fit(X, y, run_dir=tmp_path)
+    ckpts = sorted((tmp_path / "checkpoints").glob("ckpt-*.safetensors"))
+    ckpts[-1].unlink()  # as if killed before the last checkpoint
+    resumed = small().fit(X, y, run_dir=tmp_path, resume=True)
+    np.testing.assert_array_equal(resumed.predict_label_vectors(X), full.predict_label_vectors(X))
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def _bad_inputs():
+    X, y = make_blobs(60)
+    nan_X = X.copy()
+    nan_X[7, 2] = np.nan
+    inf_X = X.copy()
+    inf_X[11, 0] = -np.inf
+    return [
+        ("nan", nan_X, y, {}, r"features contain NaN or inf \(first bad row: 7\)"),
+        ("inf", inf_X, y, {}, r"first bad row: 11"),
+        ("counts", X, y[:-1], {}, "features have 60 rows but labels have 59"),
+        ("one class", X, np.zeros(60, int), {}, "need at least 2 classes to train, got 1 class"),
+        ("k", X, y, {"k": 60}, "k=60 neighbours need more than 60 training samples"),
+        ("config key", X, y, {"config": {"train": {"epoch": 3}}},
+         r"unknown config key\(s\) \['epoch'\] in \[train\]; valid keys: \[.*'epochs'"),
+        ("config section", X, y, {"config": {"optim": {}}}, r"unknown config section\(s\) \['optim'\]"),
+        ("1-D features", X[:, 0], y, {}, "Expected 2D array, got 1D array instead: Reshape your data"),
+        ("empty", X[:0], y[:0], {}, "0 sample"),
+        ("strings", X.astype(str).astype(object) + "x", y, {}, "could not convert string to float"),
+        ("2-D labels", X, np.stack([y, y], 1), {}, r"labels: y should be a 1d array"),
+        ("continuous labels", X, y + 0.5, {}, "Unknown label type"),
+        ("no labels", X, None, {}, "requires y to be passed"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_input_raises_clear_error_and_writes_nothing(tmp_path, case):
+    _, X, y, params, message = case
+    with pytest.raises(InputError, match=message) as info:
+        LRAClassifier(**{"config": TINY, **params}).fit(X, y, run_dir=tmp_path / "run")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_labels_outside_the_class_set(tmp_path):
+    X, y = make_blobs(60)
+    with pytest.raises(InputError, match=r"validation labels \[7\] are not among the training classes"):
+        small().fit(X, y, X_val=X[:10], y_val=np.r_[y[:9], 7], run_dir=tmp_path / "run")
+    with pytest.raises(InputError, match=r"validation features contain NaN or inf \(first bad row: 0\)"):
+        small().fit(X, y, X_val=np.full((2, 8), np.nan), y_val=y[:2])
+    with pytest.raises(InputError, match="validation features: X has 3 features, but LRAClassifier is expecting 8"):
+        small().fit(X, y, X_val=X[:5, :3], y_val=y[:5])
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_before_fit():
+    with pytest.raises(NotFittedError):
+        small().predict(np.zeros((2, 8)))
+
+
+def test_predict_checks_the_feature_dimension_and_values():
+    X, y = make_blobs(60)
+    est = small().fit(X, y)
+    with pytest.raises(InputError, match="X has 5 features, but LRAClassifier is expecting 8 features"):
+        est.predict(X[:, :5])
+    with pytest.raises(InputError, match=r"first bad row: 1"):
+        est.predict(np.r_[X[:1], np.full((1, 8), np.inf)])
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: None, "run directory not found"),
+    (lambda p: p.mkdir(), "is not a run directory (missing config.json, model.safetensors)"),
+])
+def test_load_bad_run_directory(tmp_path, setup, message):
+    setup(tmp_path / "run")
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        LRAClassifier.load(tmp_path / "run")
+
+
+def test_load_truncated_model_file(tmp_path):
+    X, y = make_blobs(60)
+    small().fit(X, y).save(tmp_path)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(InputError, match="not a valid safetensors file"):
+        LRAClassifier.load(tmp_path)
+
+
+# ---- property: fit and predict, or a clear ValueError -------------------------------------------
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(0, 30))
+    d = draw(st.sampled_from([1, 2, 3, 1, 2, 3, 0]))  # rarely no feature at all
+    elements = draw(st.sampled_from([
+        st.floats(-1e3, 1e3, width=32),  # ordinary values
+        st.floats(width=32),  # anything a float32 holds, huge values, NaN and inf included
+        st.sampled_from([0.0, 1.0]),  # many duplicate rows
+    ]))
+    X = draw(hnp.arrays(np.float32, (n, d), elements=elements))
+    n_labels = draw(st.sampled_from([n, n, n, max(n - 1, 0), n + 1]))
+    y = draw(hnp.arrays(np.int64, n_labels, elements=st.integers(-2, 3)))
+    params = {"k": draw(st.integers(0, 4)), "val_fraction": draw(st.sampled_from([0.0, 0.1, 0.5]))}
+    return X, y, params
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_fit_predicts_training_labels_or_raises_value_error(problem):
+    X, y, params = problem
+    est = LRAClassifier(epochs=1, batch_size=8, feature_dim=4, config={"diffusion": {"timesteps": 10, "ddim_steps": 2}},
+                        random_state=0, **params)
+    try:
+        est.fit(X, y)
+    except ValueError as e:
+        event(f"{type(e).__name__}: {str(e)[:30]}".translate(str.maketrans("", "", "0123456789")))
+        assert str(e) and "\n" not in str(e)
+        return
+    event("fitted")
+    pred = est.predict(X)
+    assert pred.shape == (len(X),)
+    assert set(pred.tolist()) <= set(y.tolist())
