@@ -158,8 +158,11 @@ def test_resume_is_bit_identical(tmp_path, stop):
     for path in Checkpointer(ck).paths():  # simulate a run killed right after checkpoint `stop`
         if step_of(path) > stop:
             path.unlink()
+    (ck / ".ckpt-000000099.safetensors.abc.tmp").write_bytes(b"half a checkpoint")  # a killed writer's
     resumed = run(checkpoint_dir=ck, resume=True)
+    assert resumed.resumed_from == stop and full.resumed_from is None
     assert_same_result(resumed, full)
+    assert not list(ck.glob(".*tmp"))
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -175,6 +178,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert meta["state"]["step"] == 8
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint ckpt-000000012"):
         resumed = run(checkpoint_dir=tmp_path, resume=True)
+    assert resumed.resumed_from == 8
     assert_same_result(resumed, full)
 
 
@@ -185,6 +189,7 @@ def test_no_readable_checkpoint_starts_afresh(tmp_path):
     (tmp_path / "ckpt-000000008.safetensors").write_bytes(b"not a checkpoint at all")
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
         resumed = run(checkpoint_dir=tmp_path, resume=True)
+    assert resumed.resumed_from is None
     assert_same_result(resumed, full)
 
 

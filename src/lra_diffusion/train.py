@@ -46,6 +46,7 @@ class TrainResult:
     train_index: np.ndarray | None = None  # rows of the given features used for training
     val_index: np.ndarray | None = None  # rows held out for model selection (None: external or none)
     neighbours: np.ndarray | None = None  # (n_train, k) neighbour indices into train_index order
+    resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -193,6 +194,7 @@ def train(
             perm = tensors.get("rng.perm")
             best_weights = _sub(tensors, "best.") or None
             state = meta["state"]
+    resumed_from = state["step"] if state["step"] > 0 else None
 
     eval_model = ema if tc.use_ema else model
     started = time.perf_counter() - state.get("seconds", 0.0)
@@ -238,6 +240,7 @@ def train(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
+        resumed_from=resumed_from,
     )
 
 
@@ -288,6 +291,8 @@ class Checkpointer:
 
     def load_latest(self) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The newest checkpoint that loads; broken ones are skipped with a warning. None if none."""
+        for tmp in self.folder.glob(".ckpt-*.tmp"):  # left by a writer that was killed mid-write
+            tmp.unlink(missing_ok=True)
         for path in reversed(self.paths()):
             try:
                 return load_tensors(path)
