@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import warnings
 
@@ -109,7 +110,25 @@ def test_fit_resume_from_run_dir_is_identical(tmp_path):
     ckpts = sorted((tmp_path / "checkpoints").glob("ckpt-*.safetensors"))
     ckpts[-1].unlink()  # as if killed before the last checkpoint
     resumed = small().fit(X, y, run_dir=tmp_path, resume=True)
+    assert resumed.fit_info_["resumed_from_step"] > 0 and full.fit_info_["resumed_from_step"] is None
     np.testing.assert_array_equal(resumed.predict_label_vectors(X), full.predict_label_vectors(X))
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])  # model.safetensors, metrics.json, config.json
+def test_a_failed_save_leaves_no_run_files(tmp_path, monkeypatch, fail_at):
+    X, y = make_blobs(60)
+    est = small().fit(X, y)
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lra_diffusion.io.os.fsync", fsync)
+    with pytest.raises(InputError, match=r"cannot write .*: No space left on device"):
+        est.save(tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
 
 
 # ---- bad input ----------------------------------------------------------------------------------

@@ -161,6 +161,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             "n_samples": len(X), "epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
+            "resumed_from_step": result.resumed_from,
         }
         if run_dir is not None:
             self.save(run_dir)
@@ -203,13 +204,11 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"cannot create run directory {run_dir}: {e.strerror or e}") from None
-        classes = self.classes_.tolist()
-        save_tensors(run_dir / "model.safetensors", self.model_.state_dict())
-        write_json(run_dir / "config.json", {
+        info = {
             "format": "lra-diffusion-run/1",
             "config": self.config_.to_dict(),
             "params": {k: v for k, v in self.get_params().items() if k not in ("config", "random_state")},
-            "classes": classes,
+            "classes": self.classes_.tolist(),
             "classes_dtype": self.classes_.dtype.str,
             "n_features_in": int(self.n_features_in_),
             "seed": self.seed_,
@@ -217,8 +216,22 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
                        "labels_sha256": self.fit_info_["labels_sha256"]},
             "versions": {"lra_diffusion": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
-        })
-        write_json(run_dir / "metrics.json", {**self.fit_info_, "history": self.history_})
+        }
+        # config.json marks a complete run, so it is written last; a failed save (disk full) removes the
+        # files it wrote, so it never leaves a half-written run that loads
+        written: list[Path] = []
+        try:
+            for name, write in (
+                ("model.safetensors", lambda path: save_tensors(path, self.model_.state_dict())),
+                ("metrics.json", lambda path: write_json(path, {**self.fit_info_, "history": self.history_})),
+                ("config.json", lambda path: write_json(path, info)),
+            ):
+                write(run_dir / name)
+                written.append(run_dir / name)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         return run_dir
 
     @classmethod
