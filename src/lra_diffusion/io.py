@@ -27,6 +27,8 @@ from .errors import InputError
 def atomic_write(path: str | Path, data: bytes | Callable[[Any], None]) -> None:
     """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # never rename over a folder, a device (/dev/full), a pipe
+        raise InputError(f"cannot write {path}: it exists and is not a regular file")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except FileNotFoundError:
@@ -105,6 +107,13 @@ def load_array(path: str | Path, *, what: str) -> np.ndarray:
         raise InputError(f"{what} file not found: {path}")
     if path.suffix != ".npy":
         raise InputError(f"{what} file {path} must be a .npy file (got {path.suffix or 'no extension'})")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise InputError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+    if magic != b"\x93NUMPY":  # else np.load would try (and refuse) to unpickle it
+        raise InputError(f"{what} file {path} is not a .npy file (no NumPy header{'; empty file' if not magic else ''})")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
