@@ -203,3 +203,11 @@ def test_resume_refuses_checkpoints_of_another_run(tmp_path):
     run(checkpoint_dir=tmp_path)
     with pytest.raises(InputError, match="belong to other inputs, config or seed"):
         run(seed=1, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    run(checkpoint_dir=tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(InputError, match="already holds checkpoints of an earlier run; resume it or write elsewhere"):
+        run(seed=1, checkpoint_dir=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -179,6 +179,9 @@ def train(
         "val": sha256_array(np.asarray(val_features, dtype=np.float32)) if val_features is not None else None,
     }
     ckpt = Checkpointer(checkpoint_dir, keep=tc.keep_checkpoints) if checkpoint_dir is not None else None
+    if not resume and ckpt is not None and ckpt.paths():
+        # a fresh run would mix its checkpoints with the old ones (and prune its own by step number)
+        raise InputError(f"{checkpoint_dir} already holds checkpoints of an earlier run; resume it or write elsewhere")
     if resume and ckpt is not None:
         loaded = ckpt.load_latest()
         if loaded is not None:
