@@ -227,7 +227,7 @@ def train(
                 y0_val = predict_y0(eval_model, val_features, dc)
                 acc = float((readout(y0_val, dc.readout).numpy() == val_labels).mean())
                 record["val_accuracy"] = acc
-                if state["best_acc"] is None or acc > state["best_acc"]:
+                if state["best_acc"] is None or acc >= state["best_acc"]:  # ties: the later, longer-trained weights
                     state["best_acc"], state["best_epoch"] = acc, epoch + 1
                     best_weights = {k: v.clone() for k, v in eval_model.state_dict().items()}
             state["history"].append(record)
