@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,15 +34,32 @@ def command(*args, group: typer.Typer | None = None, **kwargs):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*a, **kw):
-            try:
-                return fn(*a, **kw)
-            except InputError as e:
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(2) from None
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                try:
+                    return fn(*a, **kw)
+                except InputError as e:
+                    typer.echo(f"error: {e}", err=True)
+                    raise typer.Exit(2) from None
 
         return (group or app).command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, ``warning: <message>`` (e.g. a skipped broken checkpoint)."""
+    typer.echo(f"warning: {message}", err=True)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The top-most folder of ``path`` that does not exist yet (what a command would create), or None."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def load_features(path: Path, what: str = "features") -> np.ndarray:
@@ -73,13 +92,15 @@ def load_labels(path: Path, what: str = "labels") -> np.ndarray:
 
 def check_writable(path: Path, *, is_dir: bool = False) -> None:
     """Fail early if ``path`` (a file, or a folder to create) cannot be written."""
+    if is_dir and path.exists() and not path.is_dir():
+        raise InputError(f"output path {path} exists and is not a directory")
+    if not is_dir and path.exists() and not path.is_file():  # a folder, or a device such as /dev/full
+        raise InputError(f"output path {path} exists and is not a regular file")
     parent = path if is_dir and path.exists() else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output path {path} is not writable")
-    if is_dir and path.exists() and not path.is_dir():
-        raise InputError(f"output path {path} exists and is not a directory")
 
 
 @command()
@@ -94,6 +115,9 @@ def fit(
     k: Annotated[Optional[int], typer.Option(help="Neighbours for label retrieval.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+    checkpoint_every: Annotated[Optional[int], typer.Option(
+        help="Also checkpoint every N optimiser steps (default: the config's train.checkpoint_every; "
+             "0 = at epoch ends only).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train LRA-diffusion on feature vectors with noisy labels; write a run directory."""
@@ -101,6 +125,8 @@ def fit(
     from .estimator import LRAClassifier
 
     cfg = Config.from_toml(config) if config else Config()
+    if checkpoint_every is not None:
+        cfg = cfg.replace(train={"checkpoint_every": checkpoint_every})
     X, y = load_features(features), load_labels(labels)
     if len(X) != len(y):
         raise InputError(f"{features} has {len(X)} rows but {labels} has {len(y)} labels")
@@ -110,10 +136,19 @@ def fit(
     y_val = load_labels(val_labels, "validation labels") if val_labels else None
     check_writable(out, is_dir=True)
     est = LRAClassifier(epochs=epochs, k=k, config=cfg, random_state=seed, verbose=not quiet)
-    est.fit(X, y, X_val=X_val, y_val=y_val, run_dir=out, resume=resume)
+    created = first_missing(out)
+    try:
+        est.fit(X, y, X_val=X_val, y_val=y_val, run_dir=out, resume=resume)
+    except InputError:
+        # bad input found late, or a full disk: leave no partial run behind (a folder that existed, e.g.
+        # one being resumed, keeps its checkpoints)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     info = est.fit_info_
     best = f", best validation accuracy {info['best_val_accuracy']:.4f}" if info["best_val_accuracy"] is not None else ""
-    typer.echo(f"trained {info['epochs']} epochs in {info['seconds']:.1f} s{best}; run written to {out}")
+    resumed = f" (resumed from step {info['resumed_from_step']})" if info["resumed_from_step"] else ""
+    typer.echo(f"trained {info['epochs']} epochs in {info['seconds']:.1f} s{resumed}{best}; run written to {out}")
 
 
 @command()
