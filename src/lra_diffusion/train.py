@@ -68,8 +68,7 @@ def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)  # one fused pass
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
