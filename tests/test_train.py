@@ -211,3 +211,32 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
     with pytest.raises(InputError, match="already holds checkpoints of an earlier run; resume it or write elsewhere"):
         run(seed=1, checkpoint_dir=tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda X, y: (X[:, 0], y), r"features must be 2-D \(N, D\) with D >= 1, got shape \(240,\)"),
+    (lambda X, y: (X[:, :0], y), r"got shape \(240, 0\)"),
+    (lambda X, y: (X, y[:-1]), r"labels must have shape \(240,\) to match the features, got \(239,\)"),
+    (lambda X, y: (np.where(np.arange(240)[:, None] == 5, np.nan, X), y), r"features contain NaN or inf \(first bad row: 5\)"),
+    (lambda X, y: (X, y + 1), r"labels must be class indices in 0..2, got 1..3"),
+    (lambda X, y: (X, y - 1), r"labels must be class indices in 0..2, got -1..1"),
+])
+def test_train_validates_its_inputs(tmp_path, change, message):
+    X, y = change(*make_blobs())
+    with pytest.raises(InputError, match=message):
+        train(X, y, num_classes=3, config=CKPT, checkpoint_dir=tmp_path / "ck", progress=False)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_train_validates_the_validation_set():
+    X, y = make_blobs()
+    Xv, yv = make_blobs(30)
+    cases = [
+        (Xv, yv + 3, r"validation labels must be class indices in 0..2, got 3..5"),
+        (np.r_[Xv[:2], np.full((1, 8), np.inf)], yv[:3], r"validation features contain NaN or inf \(first bad row: 2\)"),
+        (Xv, yv[:5], r"validation labels must have shape \(30,\)"),
+        (Xv, None, "give both val_features and val_labels"),
+    ]
+    for Xv_, yv_, message in cases:
+        with pytest.raises(InputError, match=message):
+            train(X, y, num_classes=3, config=CKPT, val_features=Xv_, val_labels=yv_, progress=False)

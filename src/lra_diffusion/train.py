@@ -57,6 +57,19 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_inputs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, what: str = "") -> None:
+    """Raise InputError unless features (N, D) are finite and labels (N,) lie in 0..num_classes-1."""
+    if features.ndim != 2 or features.shape[1] == 0:
+        raise InputError(f"{what}features must be 2-D (N, D) with D >= 1, got shape {features.shape}")
+    if labels.shape != (len(features),):
+        raise InputError(f"{what}labels must have shape ({len(features)},) to match the features, got {labels.shape}")
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise InputError(f"{what}features contain NaN or inf (first bad row: {int(np.argmax(bad))})")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"{what}labels must be class indices in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+
+
 def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """Random (train, held-out) row indices; no hold-out when ``fraction`` is 0 or too few rows."""
     n_val = int(round(n * fraction))
@@ -131,6 +144,13 @@ def train(
     tc, rc, dc = config.train, config.retrieval, config.diffusion
     features = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
+    check_inputs(features, labels, num_classes)
+    if (val_features is None) != (val_labels is None):
+        raise InputError("give both val_features and val_labels, or neither")
+    if val_features is not None:
+        val_features = np.ascontiguousarray(val_features, dtype=np.float32)
+        val_labels = np.asarray(val_labels, dtype=np.int64)
+        check_inputs(val_features, val_labels, num_classes, what="validation ")
     gen = torch.Generator().manual_seed(seed)
 
     if val_features is None:
