@@ -74,9 +74,10 @@ class LabelDenoiser(nn.Module):
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feat_mean.copy_(mean)
-        # a feature constant on the training data carries nothing; dividing by ~0 would blow up any
-        # other value it takes at prediction time (held-out folds, new data) into inf / NaN
-        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        # a feature constant on the training data carries nothing and its weights never trained: an
+        # infinite std maps it to 0 for any (finite) value it takes at prediction time, where dividing
+        # by ~0 blew other values up into inf / NaN and std 1 fed them into untrained weights
+        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.full_like(std, float("inf"))))
 
     def forward(self, features: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """features (B, D), y_t (B, C), t (B,) int64 -> eps_pred (B, C)."""
