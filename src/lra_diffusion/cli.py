@@ -281,6 +281,75 @@ def pretrain_simclr(
                f"--encoder-dir {out / 'encoder'} ...); final nt-xent {enc.history_[-1]['loss']:.4f}")
 
 
+@command()
+def issues(
+    model: Annotated[Path, typer.Option(help="Run directory written by `lra fit`.")],
+    features: Annotated[Path, typer.Option(help="The training features, .npy (N, D).")],
+    labels: Annotated[Path, typer.Option(help="Their given (noisy) labels, .npy (N,).")],
+    out: Annotated[Path, typer.Option(help="Output CSV: index,is_label_issue,label_quality,given_label,predicted_label.")],
+    true_labels: Annotated[Optional[Path], typer.Option(help="Clean labels .npy (N,): also print precision, recall, F1, AUROC.")] = None,
+    score: Annotated[str, typer.Option(help="stochastic | closeness | agreement | mean.")] = "closeness",
+    threshold: Annotated[Optional[float], typer.Option(help="Flag scores below this (default 0.5).")] = None,
+    noise_rate: Annotated[Optional[float], typer.Option(help="Instead of a threshold: flag this fraction, lowest scores first.")] = None,
+    cv: Annotated[Optional[int], typer.Option(help="Out-of-sample scores from K fresh fits (default: the run's model, in-sample).")] = None,
+    n_samples: Annotated[int, typer.Option(help="Stochastic DDIM runs for the 'stochastic' score.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (stochastic runs, folds).")] = 0,
+) -> None:
+    """Rank training labels by label quality and flag the likely wrong ones."""
+    from .estimator import LRAClassifier
+    from .issues import find_label_issues
+
+    est = LRAClassifier.load(model)
+    X = load_features(features)
+    y = load_labels(labels)
+    if X.shape[1] != est.n_features_in_:
+        raise InputError(f"{features} has {X.shape[1]} features per row but the model was trained on {est.n_features_in_}")
+    if len(y) != len(X):
+        raise InputError(f"{features} has {len(X)} rows but {labels} has {len(y)} labels")
+    t = load_labels(true_labels, "true labels") if true_labels is not None else None
+    if t is not None and len(t) != len(y):
+        raise InputError(f"{true_labels} has {len(t)} labels but {labels} has {len(y)}")
+    if out.suffix != ".csv":
+        raise InputError(f"output {out} must end in .csv")
+    check_writable(out)
+    if cv is not None:
+        est = LRAClassifier(**{**est.get_params(), "config": est.config_, "random_state": seed})
+    result = find_label_issues(X, y, estimator=est, cv=cv, score=score, threshold=threshold, noise_rate=noise_rate,
+                               n_samples=n_samples, true_labels=t, random_state=seed)
+    result.to_csv(out)
+    flagged = int(result.is_label_issue.sum())
+    how = "in-sample" if cv is None else f"out-of-sample, {cv} folds"
+    typer.echo(f"scored {len(result)} labels ({score}, {how}); flagged {flagged} ({flagged / len(result):.2%}); wrote {out}")
+    if t is not None:
+        m = result.metrics()
+        typer.echo(f"{'':>10}  precision  recall      F1   AUROC")
+        typer.echo(f"{'flags':>10}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['auroc']:6.4f}"
+                   f"   ({m['errors']} wrong labels among {len(result)})")
+
+
+@command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `lra fit` or `lra demo`.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
+    issues_csv: Annotated[Optional[Path], typer.Option("--issues", help="Issues CSV (default RUN_DIR/issues.csv if present).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Training images .npy, uint8 (N, H, W, 3) (default RUN_DIR/images.npy).")] = None,
+) -> None:
+    """Write one self-contained HTML report of a run (plots embedded)."""
+    from .io import load_array
+    from .issues import LabelIssues
+    from .report import write_report
+
+    found = LabelIssues.from_csv(issues_csv) if issues_csv is not None else None
+    imgs = load_array(images, what="images") if images is not None else None
+    target = out if out is not None else run_dir / "report.html"
+    if out is not None:
+        if out.suffix != ".html":
+            raise InputError(f"output {out} must end in .html")
+        check_writable(out)
+    path = write_report(run_dir, target, issues=found, images=imgs)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
 
