@@ -242,6 +242,8 @@ def write_report(
         issues = LabelIssues.from_csv(run_dir / "issues.csv")
     if images is None and (run_dir / "images.npy").exists():
         images = load_array(run_dir / "images.npy", what="images")
+    if images is not None and issues is not None:  # images without issues have nothing to show
+        images = _check_images(images, int(issues.index.max()) + 1 if len(issues) else 0)
 
     figures: list[Figure] = []
     accuracy_rows: list[tuple[str, str]] = []
@@ -289,7 +291,6 @@ def write_report(
                                "score": f"{scores[r]:.4f}", "flag": bool(flags[r]),
                                "true": names[true[r]] if true is not None else None})
         if images is not None:
-            images = _check_images(images, int(issues.index.max()) + 1 if len(issues) else 0)
             top = order[:GRID_SIZE]
             figures.append(image_grid(images, issues.index[top], [names[i] for i in given[top]],
                                       [names[i] for i in pred[top]], scores[top]))
