@@ -230,7 +230,7 @@ def problems(draw):
     return X, y, params
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_fit_predicts_training_labels_or_raises_value_error(problem):
     X, y, params = problem
