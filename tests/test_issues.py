@@ -281,3 +281,19 @@ def test_cli_issues_bad_input(cli_files, labels, model, match):
     assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
     assert re.search(match, r.output), r.output
     assert not out.exists()
+
+
+def test_demo_writes_issues_and_report(tmp_path, capsys):
+    from lra_diffusion.demo import demo_data, demo_label_issues
+
+    d = demo_data(0)
+    est = LRAClassifier(config={**LEARN, "train": {"auto_steps": 100}}, random_state=0).fit(d.X_train, d.y_train_noisy)
+    est.save(tmp_path)
+    demo_label_issues(est, d, tmp_path, 0, verbose=True)
+    res = LabelIssues.from_csv(tmp_path / "issues.csv")
+    assert np.array_equal(res.given_label, d.y_train_noisy) and np.array_equal(res.true_label, d.y_train_clean)
+    assert np.load(tmp_path / "images.npy").shape == (len(d.y_train_noisy), 8, 8)
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="fig-suspicious-images"' in html and 'id="fig-transition"' in html
+    out = capsys.readouterr().out
+    assert "finding the wrong training labels" in out and "AUROC" in out
