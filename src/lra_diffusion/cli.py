@@ -153,15 +153,36 @@ def fit(
 
 @command()
 def predict(
-    model: Annotated[Path, typer.Option(help="Run directory written by `lra fit`.")],
-    features: Annotated[Path, typer.Option(help="Features to classify, .npy (N, D).")],
-    out: Annotated[Path, typer.Option(help="Output .npy: labels (N,) or probabilities (N, C).")],
+    model: Annotated[Path, typer.Option(help="Run directory written by `lra fit` or `lra run`.")],
+    out: Annotated[Path, typer.Option(help="Output: .npy labels (N,) or probabilities (N, C); with --images "
+                                           "also .csv (path, predicted label and class).")],
+    features: Annotated[Optional[Path], typer.Option(help="Features to classify, .npy (N, D).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Images to classify (a run of `lra run`): a folder (read "
+                                                       "recursively), a list file, or cifar10[:split].")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Folder a list file's paths are relative to; a known "
+                                                      "dataset's root.")] = None,
     proba: Annotated[bool, typer.Option(help="Write class probabilities instead of labels.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="Encoder device for --images (cpu, cuda, ...).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Classify feature vectors with a trained run."""
+    """Classify feature vectors, or images with the encoder saved in the run, with a trained run."""
     from .estimator import LRAClassifier
     from .io import atomic_write
 
+    if (features is None) == (images is None):
+        raise InputError("give --features or --images (one of them)")
+    if images is not None:
+        from .pipeline import predict_images
+
+        if out.suffix not in (".csv", ".npy"):
+            raise InputError(f"output {out} must end in .csv or .npy")
+        check_writable(out)
+        pred = predict_images(model, images, root=root, proba=proba, progress=not quiet,
+                              encoder_options={"device": device} if device else None)
+        pred.write(out)
+        acc = f"; accuracy {pred.accuracy:.4f} against their class folders / labels" if pred.accuracy is not None else ""
+        typer.echo(f"classified {len(pred.labels)} images in {pred.seconds:.1f} s{acc}; wrote {out}")
+        return
     est = LRAClassifier.load(model)
     X = load_features(features)
     if X.shape[1] != est.n_features_in_:
@@ -172,6 +193,64 @@ def predict(
     result = est.predict_proba(X) if proba else est.predict(X)
     atomic_write(out, lambda f: np.save(f, result, allow_pickle=False))
     typer.echo(f"wrote {out} ({'probabilities' if proba else 'labels'}, shape {result.shape})")
+
+
+@command("run")
+def run_images(
+    images: Annotated[str, typer.Option(help="Training images: an ImageFolder tree DIR/<class>/<image>, a list "
+                                             "file ('relative/path label' rows), or cifar10[:split] with --root.")],
+    encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    labels: Annotated[Optional[Path], typer.Option(help="Labels you do not fully trust: a list file naming the "
+                                                        "images ('path label', labels are class ids or names), or a "
+                                                        "label file aligned with the images (.npy, index CSV).")] = None,
+    encoder_path: Annotated[Optional[Path], typer.Option(help="A saved encoder folder (encoder.json), SimCLR "
+                                                              "weights, or a CLIP / DINOv2 model folder.")] = None,
+    test_images: Annotated[Optional[str], typer.Option(help="Test images (same kinds as --images) for the test "
+                                                            "accuracy.")] = None,
+    test_labels: Annotated[Optional[Path], typer.Option(help="Labels of the test images (default: their class "
+                                                             "folders / list file).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (fit, held-out split, scores).")] = 0,
+    holdout: Annotated[Optional[int], typer.Option(help="Hold out this many noisy training labels for model "
+                                                        "selection (default: the config's train.val_fraction).")] = None,
+    holdout_seed: Annotated[Optional[int], typer.Option(help="Seed of the held-out permutation (default --seed).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Folder a list file's paths are relative to (default: its "
+                                                      "folder); a known dataset's root.")] = None,
+    test_root: Annotated[Optional[Path], typer.Option(help="As --root, for --test-images.")] = None,
+    labels_column: Annotated[Optional[str], typer.Option(help="Label column of an aligned CSV / .pt label file "
+                                                              "(e.g. worse for cifar10n.csv).")] = None,
+    true_labels: Annotated[Optional[Path], typer.Option(help="Clean labels (as --labels), to measure the label-issue "
+                                                             "flags: precision, recall, F1, AUROC.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Encoder option KEY=VALUE "
+                                                                             "(repeatable), e.g. -o n_centroids=400.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize (shorter side) and centre-crop every image to "
+                                                           "SxS first (images of mixed sizes).")] = None,
+    device: Annotated[str, typer.Option(help="Encoder device: cpu, cuda, ...")] = "cpu",
+    cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
+    score: Annotated[str, typer.Option(help="Label-issue score: closeness | stochastic | agreement | mean.")] = "closeness",
+    threshold: Annotated[Optional[float], typer.Option(help="Flag label scores below this (default 0.5).")] = None,
+    noise_rate: Annotated[Optional[float], typer.Option(help="Instead of a threshold: flag this fraction.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run of other inputs in --out.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No stage messages or progress bars.")] = False,
+) -> None:
+    """Images + noisy labels -> trained model, issues.csv (labels to fix) and report.html, in one go.
+
+    Re-running with the same inputs reuses the cached features and the finished fit.
+    """
+    from .encoders.commands import parse_options
+    from .pipeline import run
+
+    check_writable(out, is_dir=True)
+    options = parse_options(option)
+    options.setdefault("device", device)
+    result = run(images, labels=labels, encoder=encoder, encoder_path=encoder_path, out=out,
+                 test_images=test_images, test_labels=test_labels, config=config, seed=seed,
+                 cache_dir=cache_dir, progress=not quiet, root=root, test_root=test_root,
+                 labels_column=labels_column, true_labels=true_labels, encoder_options=options,
+                 image_size=image_size, holdout=holdout, holdout_seed=holdout_seed, score=score,
+                 threshold=threshold, noise_rate=noise_rate, overwrite=overwrite)
+    typer.echo(result.summary())
 
 
 @command()
