@@ -23,6 +23,9 @@ if __name__ == "__main__":
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--results", type=Path, default=REPO / "results")
     ap.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    ap.add_argument("--pca", type=int, default=512, help="PCA dimension of the features (0 = none)")
+    ap.add_argument("--ablations", action="store_true", help="run the ablation table instead of the main one")
     a = ap.parse_args()
     cifar10_main(encoder=a.encoder, seeds=a.seeds, settings=a.settings, shared_root=a.shared,
-                 cache_dir=a.cache, results_dir=a.results, markdown=a.markdown)
+                 cache_dir=a.cache, results_dir=a.results, markdown=a.markdown, pca=a.pca or None,
+                 ablations=a.ablations)

@@ -112,7 +112,11 @@ def test_external_validation_set_is_used_for_selection():
     Xv, yv = make_blobs(60, seed=0)
     result = train(X, y, num_classes=3, config=CKPT, val_features=Xv, val_labels=yv, progress=False)
     assert result.val_index is None and len(result.train_index) == 240
-    assert all("val_accuracy" in h for h in result.history)
+    evaluated = [h["epoch"] for h in result.history if "val_accuracy" in h]
+    # selection candidates: the tail of the run (after train.select_after), always the last epoch
+    assert evaluated and evaluated[-1] == result.epochs
+    assert min(evaluated) > CKPT.train.select_after * result.epochs
+    assert result.best_epoch in evaluated
 
 
 def test_k_too_large_raises_and_writes_nothing(tmp_path):

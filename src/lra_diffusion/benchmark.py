@@ -164,8 +164,11 @@ def run_baselines(split: Split, *, seed: int = 0, methods=("linear", "mlp", "knn
     return out
 
 
-def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False) -> dict:
-    """Fit LRA-diffusion on ``split``; test accuracy, seconds and retrieval diagnostics."""
+def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False, return_model: bool = False):
+    """Fit LRA-diffusion on ``split``; test accuracy, seconds and retrieval diagnostics.
+
+    With ``return_model`` also returns the fitted estimator: ``(record, estimator)``.
+    """
     from .estimator import LRAClassifier
 
     start = time.perf_counter()
@@ -178,7 +181,7 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False) -> di
     cand = np.concatenate([split.y_train[:, None], split.y_train[nb]], axis=1)
     clean_draw = float((cand == split.y_train_clean[:, None]).mean())
     vote = np.array([np.bincount(c, minlength=int(cand.max()) + 1).argmax() for c in cand])
-    return {
+    record = {
         "test_accuracy": float(est.score(split.X_test, split.y_test)),
         "seconds": seconds,
         "best_epoch": res.best_epoch,
@@ -188,6 +191,7 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False) -> di
         "retrieval_vote_accuracy": float((vote == split.y_train_clean).mean()),
         "train_noise_rate": float((split.y_train != split.y_train_clean).mean()),
     }
+    return (record, est) if return_model else record
 
 
 def environment() -> dict:
@@ -324,9 +328,24 @@ def cifar10_table(results: list[dict], encoder: str) -> str:
     return "\n".join(rows)
 
 
+def reduce_features(train: np.ndarray, test: np.ndarray, dim: int | None, *, seed: int = 0):
+    """PCA to ``dim`` components fitted on the (unlabelled) training features; identity when None."""
+    if dim is None or dim >= train.shape[1]:
+        return train, test
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dim, svd_solver="randomized", random_state=seed).fit(train)
+    return pca.transform(train).astype(np.float32), pca.transform(test).astype(np.float32)
+
+
 def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_root: Path, cache_dir: Path,
-                 results_dir: Path, markdown: Path, config: dict | None = None, verbose: bool = True) -> None:
-    """Embed once, run every (setting, seed), write one JSON per run, regenerate the main table."""
+                 results_dir: Path, markdown: Path, config: dict | None = None, pca: int | None = 512,
+                 ablations: bool = False, verbose: bool = True) -> None:
+    """Embed once, run every (setting, seed), write one JSON per run, regenerate the main table.
+
+    ``pca``: the features every method sees are the encoder's, reduced by PCA to this many dimensions
+    (fitted on the unlabelled training images' features), so that a 2-core CPU can afford them.
+    """
     from .errors import InputError
 
     unknown = set(settings) - set(CIFAR10_SETTINGS)
@@ -334,15 +353,24 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
         raise InputError(f"unknown setting(s) {sorted(unknown)}; valid: {list(CIFAR10_SETTINGS)}")
     start = time.perf_counter()
     features = cifar10_features(encoder, shared_root, cache_dir, progress=verbose)
+    features = reduce_features(*features, pca)
     print(f"features: train {features[0].shape}, test {features[1].shape} "
-          f"({time.perf_counter() - start:.0f} s incl. cache)", flush=True)
+          f"({time.perf_counter() - start:.0f} s incl. cache and PCA)", flush=True)
     out_dir = results_dir / encoder
+    config = config or CIFAR10_LRA_CONFIG
+    if ablations:
+        rows = []
+        for setting in settings:
+            rows += cifar10_ablations(setting, features, shared_root, seed=seeds[0], config=config)
+        write_result(out_dir / "ablations.json", {"encoder": encoder, "pca": pca, "seed": seeds[0], "rows": rows})
+        replace_section(markdown, f"cifar10-ablations-{encoder}", ablation_table(rows))
+        print(f"ablations done in {time.perf_counter() - start:.0f} s", flush=True)
+        return
     for seed in seeds:
         for setting in settings:
             t0 = time.perf_counter()
-            record = run_cifar10_setting(setting, features, shared_root, seed=seed,
-                                         config=config or CIFAR10_LRA_CONFIG, verbose=False)
-            record["encoder"] = encoder
+            record = run_cifar10_setting(setting, features, shared_root, seed=seed, config=config)
+            record.update(encoder=encoder, pca=pca)
             write_result(out_dir / f"{setting}-seed{seed}.json", record)
             b = record["baselines"]
             print(f"[{time.perf_counter() - start:6.0f} s] {setting} seed {seed}: LRA {record['lra']['test_accuracy']:.4f}"
@@ -353,3 +381,49 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
     results = [r for r in read_results(out_dir) if r.get("encoder") == encoder]
     replace_section(markdown, f"cifar10-main-{encoder}", cifar10_table(results, encoder))
     print(f"total {time.perf_counter() - start:.0f} s; table written to {markdown}", flush=True)
+
+
+ABLATION_TRAINING = {
+    "k=0 (no retrieval)": {"retrieval": {"k": 0}},
+    "k=5": {"retrieval": {"k": 5}},
+    "k=20": {"retrieval": {"k": 20}},
+    "k=50": {"retrieval": {"k": 50}},
+    "uniform weights": {"retrieval": {"weighting": False}},
+    "no EMA": {"train": {"use_ema": False}},
+    "x-encoding frozen random": {"model": {"x_encoder": "frozen"}},
+}
+ABLATION_INFERENCE = {
+    "DDIM 1 step": {"ddim_steps": 1},
+    "DDIM 5 steps": {"ddim_steps": 5},
+    "DDIM 50 steps": {"ddim_steps": 50},
+    "read-out argmax": {"readout": "argmax"},
+}
+
+
+def cifar10_ablations(setting: str, features, shared_root: Path, *, seed: int, config: dict) -> list[dict]:
+    """Ablation rows on one setting: the main config, retrained variants, and inference-only variants."""
+    from .config import Config
+
+    split = cifar10_split(setting, *features, shared_root, seed=seed)
+    base = Config.from_dict(config)
+    main, est = run_lra(split, config=base, seed=seed, return_model=True)
+    rows = [{"setting": setting, "variant": "main (k=10, weighted, EMA, trainable x, 10 DDIM steps, closest-to-1)",
+             **main}]
+    for name, change in ABLATION_INFERENCE.items():
+        est.config_ = base.replace(diffusion=change)
+        rows.append({"setting": setting, "variant": name, "test_accuracy": float(est.score(split.X_test, split.y_test))})
+    est.config_ = base
+    for name, change in ABLATION_TRAINING.items():
+        rows.append({"setting": setting, "variant": name, **run_lra(split, config=base.replace(**change), seed=seed)})
+        print(f"  ablation {setting} {name}: {rows[-1]['test_accuracy']:.4f}", flush=True)
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> str:
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    acc = {(r["setting"], r["variant"]): r["test_accuracy"] for r in rows}
+    lines = ["| variant | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for v in variants:
+        lines.append(f"| {v} | " + " | ".join(f"{acc[(s, v)]:.2%}" if (s, v) in acc else "-" for s in settings) + " |")
+    return "\n".join(lines)

@@ -67,7 +67,8 @@ class TrainConfig:
     ema_decay: float = 0.999  # with the usual warm-up min(decay, (1 + n) / (10 + n))
     use_ema: bool = True  # evaluate and save the EMA weights
     val_fraction: float = 0.1  # held-out slice of the *noisy* training data when no validation set
-    evals: int = 20  # validation evaluations, spread evenly over the run's epochs
+    evals: int = 10  # validation evaluations (model-selection candidates), spread evenly over ...
+    select_after: float = 0.5  # ... the epochs after this fraction of the run (the low-LR tail)
     checkpoint_every: int = 0  # optimiser steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2
 
@@ -158,6 +159,7 @@ class Config:
             (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
             (0 <= t.val_fraction < 1, "train.val_fraction must be in [0, 1)"),
             (t.evals >= 1, "train.evals must be >= 1"),
+            (0 <= t.select_after < 1, "train.select_after must be in [0, 1)"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         ]

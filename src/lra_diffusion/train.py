@@ -187,7 +187,10 @@ def train(
     epochs = tc.epochs or max(1, math.ceil(tc.auto_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     warmup = int(round(tc.warmup_fraction * total))
-    eval_epochs = set(np.linspace(1, epochs, min(tc.evals, epochs)).round().astype(int).tolist())
+    # Selection candidates come from the tail of the cosine schedule: early, high-LR iterates are
+    # under-trained, and a small noisy validation split would otherwise pick them by chance.
+    first = min(epochs, int(tc.select_after * epochs) + 1)
+    eval_epochs = set(np.linspace(first, epochs, min(tc.evals, epochs - first + 1)).round().astype(int).tolist())
 
     state = {"step": 0, "epoch": 0, "best_acc": None, "best_epoch": None, "history": []}
     perm = None
