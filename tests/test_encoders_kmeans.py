@@ -41,7 +41,7 @@ def reference_features(enc: KMeansEncoder, images: np.ndarray) -> np.ndarray:
         hr, hc = (rows + 1) // 2, (cols + 1) // 2  # MATLAB round(7/2) = 4
         quads = [act[:hr, :hc], act[:hr, hc:], act[hr:, :hc], act[hr:, hc:]]
         out.append(np.concatenate([q.sum((0, 1)) for q in quads]))
-    return np.array(out)
+    return np.sqrt(out) if enc.sqrt_pool else np.array(out)
 
 
 def test_convolutional_encoding_matches_reference(fitted, images):

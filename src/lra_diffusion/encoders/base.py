@@ -100,12 +100,12 @@ def image_batches(
 
 
 def take_images(images: ImageSource, indices: np.ndarray) -> np.ndarray:
-    """Gather ``uint8 (len(indices), H, W, 3)`` images by index from an array or a dataset."""
+    """Gather ``uint8 (len(indices), H, W, 3)`` images, in the order of ``indices``."""
     images = _as_array(images)
     if isinstance(images, np.ndarray):
         check_image_array(images)
-        return images[np.sort(indices)]
-    out = np.stack([np.asarray(images[int(i)][0]) for i in np.sort(indices)])
+        return images[indices]
+    out = np.stack([np.asarray(images[int(i)][0]) for i in indices])
     check_image_array(out)
     return out
 

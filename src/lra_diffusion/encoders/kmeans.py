@@ -10,8 +10,10 @@ The pipeline of the paper's section 3, learned from unlabelled images only:
    with ``z_k = ||x_w - c_k||``;
 6. sum-pooling of the ``K`` activation maps over a ``pool_grid x pool_grid`` grid (2 = the four
    quadrants of the paper), giving ``pool_grid**2 * K`` features;
-7. optionally a square root of the pooled sums (``sqrt_pool``), a per-feature standardisation and a
-   PCA to ``pca_dim``, all estimated from ``n_stats`` of the fit images.
+7. a square root of the pooled sums (``sqrt_pool``, on by default: it damps the burstiness of
+   sum-pooling and gained about a point of linear-probe accuracy on CIFAR-10, see BENCHMARKS.md),
+   a per-feature standardisation and optionally a PCA to ``pca_dim``, the last two estimated from
+   ``n_stats`` of the fit images.
 
 Step 5 is written as convolutions so a whole batch is encoded at once: the whitening matrix is folded
 into ``patch_dim`` convolution filters (``P p`` for every patch ``p``), the patch mean and energy are
@@ -57,7 +59,7 @@ class KMeansEncoder(Encoder):
         pool_grid: int = 2,
         norm_eps: float = 10.0,
         whiten_eps: float = 0.1,
-        sqrt_pool: bool = False,
+        sqrt_pool: bool = True,
         standardize: bool = True,
         pca_dim: int | None = None,
         n_stats: int = 5000,
@@ -165,7 +167,7 @@ class KMeansEncoder(Encoder):
         n = num_images(images)
         w = self.patch_size
         # Draw patches from at most 10,000 distinct images so a dataset need not be read whole.
-        which = rng.choice(n, size=min(n, 10_000), replace=False)
+        which = np.sort(rng.choice(n, size=min(n, 10_000), replace=False))
         pool = take_images(images, which)
         _, h, wd, _ = pool.shape
         if h < w or wd < w:

@@ -78,7 +78,7 @@ class PixelEncoder(Encoder):
         """Per-pixel mean / std (and PCA basis) from up to ``n_stats`` unlabelled images."""
         n = num_images(images)
         rng = np.random.default_rng(self.random_state)
-        which = rng.choice(n, size=min(n, self.n_stats), replace=False)
+        which = np.sort(rng.choice(n, size=min(n, self.n_stats), replace=False))
         x = torch.from_numpy(take_images(images, which).reshape(len(which), -1)).double() / 255.0
         self.mean_ = x.mean(0).float()
         self.scale_ = x.std(0).clamp_min(1e-3).float()
