@@ -1,0 +1,194 @@
+"""Clean-label ceilings of the CPU encoders on the shared CIFAR-10: k-NN (k=10) and linear probe.
+
+For each encoder the script fits it on the unlabelled training images, embeds train + test through the
+feature cache (so a second run reuses the features), then reports
+
+* k-NN: majority vote of the 10 nearest training images (Euclidean), test accuracy;
+* linear probe: softmax regression (L-BFGS, full batch) on standardised features, its L2 strength
+  picked on a held-out slice of train (images 45,000..49,999, the paper's validation split), then
+  refitted on all 50,000 training images and scored once on test.
+
+Usage::
+
+    python benchmarks/encoders.py --encoders kmeans,pixels --cache-dir cache/features
+
+The features are also written to ``<cache-dir>/<encoder>/{train,test}.npy`` (float32) for reuse.
+
+Never run as a unit test; it takes minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VAL_START = 45_000  # images 45,000..49,999 of train: held out to choose the probe's L2
+
+
+def knn_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    k: int = 10,
+    chunk: int = 1024,
+) -> float:
+    """Accuracy of a k-NN majority vote (Euclidean; ties go to the lower class id)."""
+    bank = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
+    bank_sq = (bank * bank).sum(1)
+    labels = torch.from_numpy(train_y)
+    n_classes = int(train_y.max()) + 1
+    correct = 0
+    for lo in range(0, len(test_x), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(test_x[lo : lo + chunk], dtype=np.float32))
+        d = bank_sq[None, :] - 2.0 * q @ bank.T  # ||q||^2 is constant per row
+        idx = d.topk(k, dim=1, largest=False).indices
+        votes = F.one_hot(labels[idx], n_classes).sum(1)
+        pred = votes.argmax(1).numpy()
+        correct += int((pred == test_y[lo : lo + chunk]).sum())
+    return correct / len(test_x)
+
+
+def standardize(train_x: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
+    """Per-feature standardisation with train statistics (float32 tensors)."""
+    t = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
+    mean = t.mean(0)
+    scale = t.std(0).clamp_min(1e-6)
+    out = [(t - mean) / scale]
+    for o in others:
+        out.append((torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)) - mean) / scale)
+    return out
+
+
+def fit_softmax(
+    x: torch.Tensor, y: np.ndarray, *, l2: float, max_iter: int = 300, loss: str = "softmax"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic (or one-vs-rest squared-hinge) regression with L-BFGS, full batch.
+
+    Objective: ``mean_i loss_i + l2 * ||W||^2``. Returns ``(W (D, C), b (C,))``.
+    """
+    n_classes = int(y.max()) + 1
+    target = torch.from_numpy(y)
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6, tolerance_change=1e-9,
+    )
+    sign = 2.0 * F.one_hot(target, n_classes).float() - 1.0
+
+    def closure():
+        opt.zero_grad()
+        logits = x @ w + b
+        if loss == "softmax":
+            data = F.cross_entropy(logits, target)
+        else:  # squared hinge, one-vs-rest (the L2-SVM of Coates et al.)
+            data = F.relu(1.0 - sign * logits).pow(2).sum(1).mean()
+        obj = data + l2 * (w * w).sum()
+        obj.backward()
+        return obj
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def probe_accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: np.ndarray) -> float:
+    with torch.no_grad():
+        return float(((x @ w + b).argmax(1).numpy() == y).mean())
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    l2_grid: tuple[float, ...] = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    loss: str = "softmax",
+    val_start: int = VAL_START,
+) -> dict[str, float]:
+    """Choose L2 on train[val_start:], refit on all train, return val and test accuracy."""
+    tr, va = slice(0, val_start), slice(val_start, None)
+    xtr, xva = standardize(train_x[tr], train_x[va])
+    val_acc = {}
+    for l2 in l2_grid:
+        w, b = fit_softmax(xtr, train_y[tr], l2=l2, loss=loss)
+        val_acc[l2] = probe_accuracy(w, b, xva, train_y[va])
+        print(f"    {loss} l2={l2:g}: val {val_acc[l2]:.4f}", flush=True)
+    best = max(val_acc, key=val_acc.get)
+    xall, xte = standardize(train_x, test_x)
+    w, b = fit_softmax(xall, train_y, l2=best, loss=loss)
+    return {"l2": best, "val": val_acc[best], "test": probe_accuracy(w, b, xte, test_y)}
+
+
+def main() -> None:
+    from lra_diffusion.data import load_shared_cifar10
+    from lra_diffusion.encoders import embed, fit_cached, get_encoder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/work/shared/data/cifar10")
+    parser.add_argument("--encoders", default="kmeans,pixels")
+    parser.add_argument("--cache-dir", default="cache/features")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss", default="softmax", choices=["softmax", "sqhinge"])
+    parser.add_argument("--l2-grid", default="1e-4,3e-4,1e-3,3e-3,1e-2")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    x_train, y_train = load_shared_cifar10(args.root, "train")
+    x_test, y_test = load_shared_cifar10(args.root, "test")
+    feats = {}
+    rows = []
+    # 1. fit + embed every encoder first (the features are what other benchmarks reuse) ...
+    for name in args.encoders.split(","):
+        t0, c0 = time.perf_counter(), time.process_time()
+        enc = fit_cached(get_encoder(name, random_state=args.seed), x_train,
+                         cache_dir=args.cache_dir, progress=True)
+        t_fit = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        common = dict(cache_dir=args.cache_dir, dataset="shared-cifar10", progress=True)
+        f_train = embed(enc, x_train, split="train", **common)
+        f_test = embed(enc, x_test, split="test", **common)
+        t_embed, c_embed = time.perf_counter() - t0, time.process_time() - c0
+        # plain copies at a fixed place: cache/features/<encoder>/{train,test}.npy
+        for split, f in (("train", f_train), ("test", f_test)):
+            np.save(Path(args.cache_dir) / name / f"{split}.npy", np.asarray(f, dtype=np.float32))
+        print(f"{name}: dim {enc.dim}, fit {t_fit:.0f} s, embed 60k {t_embed:.0f} s wall "
+              f"({c_embed:.0f} s CPU), fingerprint {enc.fingerprint()}", flush=True)
+        feats[name] = (f_train, f_test)
+        rows.append({"encoder": name, "dim": enc.dim, "fit_s": round(t_fit),
+                     "embed_s": round(t_embed), "embed_cpu_s": round(c_embed),
+                     "config": enc.config()})
+    # 2. ... then measure the clean-label ceilings
+    l2_grid = tuple(float(v) for v in args.l2_grid.split(","))
+    for row in rows:
+        f_train, f_test = feats[row["encoder"]]
+        row["knn10"] = knn_accuracy(f_train, y_train, f_test, y_test, k=10)
+        print(f"{row['encoder']}: k-NN(10) test {row['knn10']:.4f}", flush=True)
+        probe = linear_probe(f_train, y_train, f_test, y_test, loss=args.loss, l2_grid=l2_grid)
+        row.update(probe_l2=probe["l2"], probe_val=probe["val"], probe_test=probe["test"])
+        print(f"{row['encoder']}: linear probe ({args.loss}, l2={probe['l2']:g}) "
+              f"val {probe['val']:.4f} test {probe['test']:.4f}", flush=True)
+    print()
+    print("| encoder | dim | k-NN (k=10) | linear probe | probe L2 | fit s | embed 60k s (CPU s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['encoder']} | {r['dim']} | {100 * r['knn10']:.1f}% | "
+            f"{100 * r['probe_test']:.1f}% | {r['probe_l2']:g} | {r['fit_s']} | "
+            f"{r['embed_s']} ({r['embed_cpu_s']}) |"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
