@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pca", type=int, default=None, help="cifar10n: reduce the features to this many dims first")
     p.add_argument("--steps", type=int, default=None, help="our training steps (default: the config's auto_steps)")
     p.add_argument("--cv", default="none,2", help="our scoring modes: 'none' (in-sample) and/or fold counts")
+    p.add_argument("--n-samples", type=int, default=20, help="stochastic DDIM runs of the 'stochastic' score")
     p.add_argument("--cleanlab-cv", type=int, default=5, help="folds of the logistic regression's cross_val_predict")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", type=Path, default=None, help="save our in-sample run, issues.csv and report.html")
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         cv = None if mode == "none" else int(mode)
         est = LRAClassifier(config=config, random_state=args.seed, verbose=False)
         t = time.perf_counter()
-        res = find_label_issues(X, y, estimator=est, cv=cv, true_labels=clean, random_state=args.seed)
+        res = find_label_issues(X, y, estimator=est, cv=cv, true_labels=clean, n_samples=args.n_samples,
+                                random_state=args.seed)
         seconds = time.perf_counter() - t
         how = "in-sample" if cv is None else f"out-of-sample, {cv}-fold"
         acc = (res.predicted_label == clean).mean()
