@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import lra_diffusion
+from lra_diffusion import issues as issues_module
 from lra_diffusion.cli import app
 from lra_diffusion.config import Config
 from lra_diffusion.encoders import PixelEncoder
@@ -109,7 +110,8 @@ def test_python_run_writes_every_output(data):
     clf = LRAClassifier.load(out)
     np.testing.assert_array_equal(clf.classes_, result.classifier.classes_)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["pipeline"]["test_accuracy"] == result.test_accuracy
+    assert metrics["test_accuracy"] == result.test_accuracy and metrics["label_issue_f1"] == result.issue_metrics["f1"]
+    assert metrics["reused_fit"] is False and set(result.timings) - {"report"} == {k[8:] for k in metrics if k.startswith("seconds_")}
     assert "test accuracy" in result.summary() and str(out / "report.html") in result.summary()
 
 
@@ -133,9 +135,15 @@ def test_python_rerun_reports_reuse(data, monkeypatch):
               cache_dir=data / "cache", progress=False)
     first = lra_diffusion.run(data / "train", **kw)
     forbid_long_work(monkeypatch)
+    monkeypatch.setattr(issues_module, "find_label_issues", lambda *a, **k: 1 / 0)  # issues.csv is reused
     again = lra_diffusion.run(data / "train", **kw)
     assert again.reused_fit and not again.encoded and not again.fitted_encoder
-    np.testing.assert_array_equal(again.issues.label_quality, first.issues.label_quality)
+    np.testing.assert_allclose(again.issues.label_quality, first.issues.label_quality, rtol=1e-5)
+    np.testing.assert_array_equal(again.issues.is_label_issue, first.issues.is_label_issue)
+    # other flag settings score again
+    monkeypatch.undo()
+    third = lra_diffusion.run(data / "train", **kw, noise_rate=0.25)
+    assert third.reused_fit and third.issues.is_label_issue.sum() == 9
 
 
 def test_changed_labels_need_overwrite_and_then_retrain(data):

@@ -23,7 +23,10 @@ names, inputs), which :meth:`LRAClassifier.load` ignores.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import os
 import shutil
 import sys
 import time
@@ -50,6 +53,8 @@ THUMBNAIL = 64  # report thumbnails: images larger than this (or of mixed sizes)
 RUN_FORMAT = "lra-run/1"
 ENCODER_DIR = "encoder"
 # what `overwrite=True` removes from a run folder (and nothing else)
+# metrics.json keys written by the pipeline (replaced on every run)
+PIPELINE_METRICS = ("test_accuracy", "n_test", "label_issue", "reused_fit", "seconds_")
 RUN_OUTPUTS = ("config.json", "model.safetensors", "metrics.json", "issues.csv", "report.html",
                ENCODER_DIR, "checkpoints")
 
@@ -289,27 +294,32 @@ def run(
             test_acc = float((est.predict(X_test) == test_set.labels).mean())
             log(f"[evaluate] test accuracy {test_acc:.4f}")
 
-    with stages("issues", f"scoring {len(y)} training labels ({score})"):
-        n_samples = DEFAULT_N_SAMPLES if score in ("stochastic", "mean") else 1
-        issues = find_label_issues(X, y, estimator=est, score=score, threshold=threshold, noise_rate=noise_rate,
-                                   n_samples=n_samples, true_labels=truth, random_state=seed)
-        names = train_set.names()
-        write_issues_csv(out / "issues.csv", issues, names, train_set.class_names)
+    n_samples = DEFAULT_N_SAMPLES if score in ("stochastic", "mean") else 1
+    issue_key = sha256_json({"score": score, "threshold": threshold, "noise_rate": noise_rate, "n_samples": n_samples,
+                             "seed": seed, "true_labels": sha256_array(truth) if truth is not None else None})
+    issues = finished_issues(out, issue_key, y) if reused else None
+    names = train_set.names()
+    with stages("issues", f"reusing {out / 'issues.csv'}" if issues is not None else
+                f"scoring {len(y)} training labels ({score})"):
+        if issues is None:
+            issues = find_label_issues(X, y, estimator=est, score=score, threshold=threshold, noise_rate=noise_rate,
+                                       n_samples=n_samples, true_labels=truth, random_state=seed)
+            write_issues_csv(out / "issues.csv", issues, names, train_set.class_names)
+        issues.score = score
         issue_metrics = issues.metrics() if truth is not None else None
 
     with stages("report", "writing report.html"):
         from .report import write_report
 
-        metrics = read_json(out / "metrics.json")
-        metrics["pipeline"] = {
-            "test_accuracy": test_acc, "n_test": len(test_set) if test_set is not None else 0,
-            "label_issues": {"flagged": int(issues.is_label_issue.sum()), "scored": len(issues), "score": score,
-                             **{k: _finite(v) for k, v in (issue_metrics or {}).items()}},
-            "stage_seconds": {k: round(v, 2) for k, v in stages.seconds.items()},
-            "reused_fit": reused,
-        }
-        if test_acc is not None:
-            metrics["test_accuracy"] = test_acc
+        metrics = {k: v for k, v in read_json(out / "metrics.json").items() if not k.startswith(PIPELINE_METRICS)}
+        # flat keys, so the report's run summary lists them one per row
+        ours = {"test_accuracy": test_acc, "n_test": len(test_set) if test_set is not None else None,
+                "label_issue_score": score, "label_issues_flagged": int(issues.is_label_issue.sum()),
+                **{f"label_issue_{k}": _finite(v) for k, v in (issue_metrics or {}).items()
+                   if k in ("precision", "recall", "f1", "auroc")},
+                "label_issues_sha256": issue_key,  # what issues.csv was scored with (hidden in the report)
+                "reused_fit": reused, **{f"seconds_{k}": round(v, 2) for k, v in stages.seconds.items()}}
+        metrics |= {k: v for k, v in ours.items() if v is not None}
         write_json(out / "metrics.json", metrics)
         top = np.lexsort((issues.index, issues.label_quality))[: min(32, len(issues))]
         thumbs = thumbnails(train_set, top)
@@ -419,8 +429,6 @@ def make_encoder(name: str, path: str | Path | None = None, options: dict[str, A
 def save_encoder(encoder, directory: Path) -> None:
     """Save the encoder into the run folder; CLIP / DINOv2 keep a reference to their model folder
     (``encoder.json`` only; the weights stay where they are and are checked by fingerprint on load)."""
-    import json
-
     from .encoders.hf import HFEncoder
 
     if directory.exists():
@@ -547,8 +555,6 @@ def thumbnails(images: ImageSet, rows: np.ndarray) -> np.ndarray:
 # ---- the run folder --------------------------------------------------------------------------------
 def check_run_folder(out: Path) -> None:
     """Fail early when ``out`` cannot be a run folder (a file, or not writable)."""
-    import os
-
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} exists and is not a directory")
     parent = out if out.exists() else out.parent
@@ -573,6 +579,24 @@ def finished_fit(out: Path, inputs: dict) -> LRAClassifier | None:
         return LRAClassifier.load(out)
     except InputError:
         return None
+
+
+def finished_issues(out: Path, key: str, y: np.ndarray) -> LabelIssues | None:
+    """The ``issues.csv`` of a reused fit when it was scored with the same settings (``key``), else None."""
+    try:
+        recorded = read_json(out / "metrics.json").get("label_issues_sha256")
+        if recorded != key or not (out / "issues.csv").is_file():
+            return None
+        issues = LabelIssues.from_csv(out / "issues.csv")
+    except (InputError, AttributeError):
+        return None
+    if len(issues) != len(y) or not np.array_equal(issues.given_label, y):
+        return None
+    return issues
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def prepare_run_folder(out: Path, *, overwrite: bool) -> bool:
