@@ -208,7 +208,7 @@ def run(
         if len(np.unique(y)) < 2:
             raise InputError(f"need at least 2 classes to train; the labels of {images} hold only "
                              f"{train_set.class_names[int(y[0])]!r}")
-        truth = match_true_labels(train_set, true_labels, images=images, root=root) if true_labels else None
+        truth = match_true_labels(train_set, true_labels) if true_labels else None
         test_set = None
         if test_images is not None:
             test_set = open_image_set(test_images, root=test_root, labels=test_labels,
@@ -368,7 +368,7 @@ def holdout_rows(n: int, holdout: int | None, seed: int) -> tuple[np.ndarray, np
     return np.sort(perm[holdout:]), np.sort(perm[:holdout])
 
 
-def match_true_labels(train_set: ImageSet, true_labels, *, images, root) -> np.ndarray:
+def match_true_labels(train_set: ImageSet, true_labels: str | Path) -> np.ndarray:
     """Clean labels (N,) of the training images, from a path list (matched by path) or an aligned file."""
     from .sources import is_path_list, read_path_list, label_ids
 
