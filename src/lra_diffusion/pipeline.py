@@ -124,7 +124,9 @@ class Stages:
         self.log(f"[{name}] {message}")
         start = time.perf_counter()
         yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.log(f"[{name}] done in {seconds:.1f} s")
 
 
 def stderr_log(message: str) -> None:
