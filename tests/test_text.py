@@ -285,3 +285,35 @@ def test_many_classes_and_classes_missing_from_a_fold(tiny_config):
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     full = LRAClassifier(config=tiny_config, random_state=0).fit(X, y)
     assert full.predict_proba(X).shape == (len(y), 40) and set(full.classes_) == set(y)
+
+
+# ---- report --------------------------------------------------------------------------------------------
+def test_report_shows_the_suspicious_texts(tiny_config, tmp_path):
+    from lra_diffusion.estimator import LRAClassifier
+    from lra_diffusion.issues import find_label_issues
+    from lra_diffusion.report import write_report, write_texts_jsonl
+
+    X, y = many_class_fixture(n_classes=4)
+    y = y.copy()
+    y[0] = "intent_03"  # one wrong label
+    texts = [f"text <{i}> about {label}" for i, label in enumerate(y)]
+    texts[0] = "a wrong\nlabel & <b>escaped</b>"
+    est = LRAClassifier(config=tiny_config, random_state=0).fit(X, y, run_dir=tmp_path / "run")
+    found = find_label_issues(X, y, estimator=est, n_samples=2)
+    found.to_csv(tmp_path / "run" / "issues.csv")
+    page = write_report(tmp_path / "run", texts=texts).read_text()
+    shown = [t for t in texts[1:] if t.replace("<", "&lt;").replace(">", "&gt;") in page]
+    assert len(shown) == len(texts) - 1  # every row of a small set is in the table, escaped
+    assert "a wrong label &amp; &lt;b&gt;escaped&lt;/b&gt;" in page and "<b>escaped" not in page
+    # the texts saved in the run directory are the default; the CLI reads a CSV's text column
+    write_texts_jsonl(tmp_path / "run" / "texts.jsonl", texts)
+    assert "about intent_01" in write_report(tmp_path / "run", tmp_path / "a.html").read_text()
+    (tmp_path / "t.csv").write_text("text\n" + "\n".join(f"row {i}" for i in range(len(y))) + "\n")
+    res = runner.invoke(app, ["report", str(tmp_path / "run"), "--texts", str(tmp_path / "t.csv"),
+                              "--out", str(tmp_path / "b.html")])
+    assert res.exit_code == 0, res.output
+    assert "row 0" in (tmp_path / "b.html").read_text()
+    (tmp_path / "short.csv").write_text("text\nonly one\n")
+    res = runner.invoke(app, ["report", str(tmp_path / "run"), "--texts", str(tmp_path / "short.csv"),
+                              "--out", str(tmp_path / "c.html")])
+    assert res.exit_code == 2 and "error: 1 texts" in res.output

@@ -412,6 +412,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
     issues_csv: Annotated[Optional[Path], typer.Option("--issues", help="Issues CSV (default RUN_DIR/issues.csv if present).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Training images .npy, uint8 (N, H, W, 3) (default RUN_DIR/images.npy).")] = None,
+    texts: Annotated[Optional[Path], typer.Option(help="Training texts: the 'text' column of a .csv / .jsonl / .tsv, in training order (default RUN_DIR/texts.jsonl).")] = None,
 ) -> None:
     """Write one self-contained HTML report of a run (plots embedded)."""
     from .io import load_array
@@ -425,7 +426,11 @@ def report(
         if out.suffix != ".html":
             raise InputError(f"output {out} must end in .html")
         check_writable(out)
-    path = write_report(run_dir, target, issues=found, images=imgs)
+    if texts is not None:
+        from .data.text import read_texts
+
+        texts = read_texts(texts)
+    path = write_report(run_dir, target, issues=found, images=imgs, texts=texts)
     typer.echo(f"wrote {path}")
 
 

@@ -9,7 +9,9 @@ can be mailed or archived as one file. What it shows depends on what the run dir
   and, when the CSV carries ``true_label``, the true transition matrix and the flags' precision / recall;
 * with ``demo.json``: the demo's test accuracies;
 * with images (``images.npy`` uint8 (N, H, W, 3) or (N, H, W), or ``images=``): a grid of the most
-  suspicious training images with their given and predicted labels.
+  suspicious training images with their given and predicted labels;
+* with texts (``texts.jsonl`` in the run directory, ``{"text": ...}`` per line, or ``texts=``): the
+  text of each suspicious row in the table.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .issues import LabelIssues, issue_metrics, transition_counts, transition_fr
 
 GRID_SIZE = 32  # suspicious images shown
 TABLE_ROWS = 25  # suspicious rows listed
+TEXT_CHARS = 300  # characters of a suspicious text shown in the table
+TEXTS_FILE = "texts.jsonl"  # the training texts of a text run, for the table
 
 
 @dataclass
@@ -218,6 +222,7 @@ def write_report(
     issues: LabelIssues | None = None,
     images: np.ndarray | None = None,
     class_names: list[str] | None = None,
+    texts: list[str] | None = None,
 ) -> Path:
     """Write the run's self-contained HTML report; returns its path (default ``run_dir/report.html``).
 
@@ -229,6 +234,8 @@ def write_report(
     images : uint8 (N, H, W, 3) or (N, H, W), row i = sample ``issues.index == i``; default
         ``run_dir/images.npy`` when it exists.
     class_names : display names in the order of the run's classes (default: the label values).
+    texts : the training texts, row i = sample ``issues.index == i``; default ``run_dir/texts.jsonl``
+        when it exists.
     """
     run_dir = Path(run_dir)
     info = _is_run_dir(run_dir)
@@ -242,6 +249,12 @@ def write_report(
         issues = LabelIssues.from_csv(run_dir / "issues.csv")
     if images is None and (run_dir / "images.npy").exists():
         images = load_array(run_dir / "images.npy", what="images")
+    if texts is None and (run_dir / TEXTS_FILE).exists():
+        from .data.text import read_texts
+
+        texts = read_texts(run_dir / TEXTS_FILE)
+    if texts is not None and issues is not None and len(issues) and int(issues.index.max()) >= len(texts):
+        raise InputError(f"{len(texts)} texts, but the issues name row {int(issues.index.max())}")
     if images is not None and issues is not None:  # images without issues have nothing to show
         images = _check_images(images, int(issues.index.max()) + 1 if len(issues) else 0)
 
@@ -289,7 +302,8 @@ def write_report(
         for r in order[:TABLE_ROWS]:
             issue_rows.append({"index": int(issues.index[r]), "given": names[given[r]], "predicted": names[pred[r]],
                                "score": f"{scores[r]:.4f}", "flag": bool(flags[r]),
-                               "true": names[true[r]] if true is not None else None})
+                               "true": names[true[r]] if true is not None else None,
+                               "text": _short(texts[int(issues.index[r])]) if texts is not None else None})
         if images is not None:
             top = order[:GRID_SIZE]
             figures.append(image_grid(images, issues.index[top], [names[i] for i in given[top]],
@@ -312,9 +326,22 @@ def write_report(
         summary=summary, config=info.get("config", {}), accuracy_rows=accuracy_rows,
         issue_summary=issue_summary, issue_rows=issue_rows, has_true=issues is not None and issues.true_label is not None,
         figures={f.id: f for f in figures}, has_issues=issues is not None, has_images=images is not None,
+        has_texts=texts is not None,
     )
     atomic_write(out, page.encode("utf-8"))
     return out
+
+
+def write_texts_jsonl(path: str | Path, texts: list[str]) -> None:
+    """``{"text": ...}`` per line (texts may hold newlines): the training texts of a text run."""
+    import json
+
+    atomic_write(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode())
+
+
+def _short(text: str, limit: int = TEXT_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _fmt(v) -> str:
