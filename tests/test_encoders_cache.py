@@ -131,3 +131,14 @@ def test_fit_cached_fits_once(tmp_path, images):
     assert calls == []
     np.testing.assert_array_equal(first.encode(images), second.encode(images))
     assert second.fingerprint() == first.fingerprint()
+
+
+def test_key_not_label_decides_and_array_backed_dataset_shares_the_key(tmp_path, images):
+    from lra_diffusion.data import ImageDataset
+
+    embed(CountingEncoder(), images, cache_dir=tmp_path, dataset="a", split="train")
+    ds = ImageDataset(root=tmp_path, labels=np.zeros(23, int), classes=["a"], array=images)
+    assert dataset_fingerprint(ds) == dataset_fingerprint(images)
+    enc = CountingEncoder()
+    embed(enc, ds, cache_dir=tmp_path, dataset="b", split="train")
+    assert enc.encoded == 0

@@ -44,15 +44,17 @@ DTYPES = ("float32", "float16")
 def dataset_fingerprint(images: ImageSource) -> str:
     """Hex digest identifying the images an encoder would see, in order.
 
-    Arrays hash their bytes. A dataset of :mod:`lra_diffusion.data` hashes its decoded array, its
-    in-memory encoded bytes, or (files on disk) its root, relative paths, file sizes and mtimes,
-    plus the canonical indices. Any other dataset has every image read and hashed. A dataset may
+    Arrays, and datasets backed by one (``dataset.array``), hash the array's bytes. Other datasets
+    of :mod:`lra_diffusion.data` hash their in-memory encoded bytes, or (files on disk) their root,
+    relative paths, file sizes and mtimes, plus the canonical indices. Any other dataset has every image read and hashed. A dataset may
     also provide its own ``fingerprint()`` method (text datasets hash their texts); a plain list of
     strings hashes the strings.
     """
     h = hashlib.sha256()
-    if isinstance(images, np.ndarray):
-        _hash_array(h, images)
+    array = getattr(images, "array", None)
+    if isinstance(images, np.ndarray) or isinstance(array, np.ndarray):
+        # an array-backed dataset shows the encoder exactly its array: same key as the array
+        _hash_array(h, images if isinstance(images, np.ndarray) else array)
         return h.hexdigest()[:16]
     if isinstance(images, (list, tuple)) and all(isinstance(t, str) for t in images):
         from lra_diffusion.encoders.text import texts_fingerprint  # a list of texts
@@ -67,10 +69,8 @@ def dataset_fingerprint(images: ImageSource) -> str:
     indices = getattr(images, "indices", None)
     if isinstance(indices, np.ndarray):
         _hash_array(h, indices)
-    array, blobs, paths = (getattr(images, k, None) for k in ("array", "blobs", "paths"))
-    if isinstance(array, np.ndarray):
-        _hash_array(h, array)
-    elif blobs is not None:
+    blobs, paths = getattr(images, "blobs", None), getattr(images, "paths", None)
+    if blobs is not None:
         for b in blobs:
             h.update(hashlib.sha256(b).digest())
     elif paths is not None and getattr(images, "root", None) is not None:
@@ -153,6 +153,11 @@ def embed(
     manifest = _read_manifest(folder)
     if final.is_file() and manifest.get("complete") and manifest.get("key") == parts["key"]:
         return np.load(final, mmap_mode="r")
+    # the same key written under another dataset label (the key, not the label, decides)
+    for other in sorted((Path(cache_dir) / encoder.name).glob(f"*-{parts['key']}")):
+        m = _read_manifest(other)
+        if m.get("complete") and m.get("key") == parts["key"] and (other / FEATURES_FILE).is_file():
+            return np.load(other / FEATURES_FILE, mmap_mode="r")
 
     n, dim = parts["n"], parts["dim"]
     partial = folder / PARTIAL_FILE

@@ -107,14 +107,31 @@ def embed_dataset(
             raise InputError(f"{encoder_dir} holds a {encoder.name!r} encoder, not {encoder_name!r}")
     else:
         encoder = get_encoder(encoder_name, **options)
-    images = open_images(dataset, root, split)
+    images = _decoded(open_images(dataset, root, split))
     if encoder.needs_fit and not encoder.is_fitted:
-        fit_images = images if fit_split == split else open_images(dataset, root, fit_split)
+        fit_images = images if fit_split == split else _decoded(open_images(dataset, root, fit_split))
         encoder = fit_cached(encoder, fit_images, cache_dir=cache_dir, progress=progress)
     feats = embed(encoder, images, cache_dir=cache_dir, split=split, dataset=dataset,
                   dtype=dtype, progress=progress)  # type: ignore[arg-type]
     written = None if out is None else export_features(feats, out)
     return EmbedResult(feats, encoder, time.perf_counter() - t0, written)
+
+
+def _decoded(images: ImageSource) -> ImageSource:
+    """Decode a dataset of in-memory encoded images (the shared CIFAR-10 copy) into one array.
+
+    Encoding then skips per-item JPEG decoding, and the cache key is that of the pixel array, so
+    ``lra embed`` and library code holding :func:`~lra_diffusion.data.load_shared_cifar10` arrays
+    share cached features.
+    """
+    if getattr(images, "blobs", None) is None or getattr(images, "array", None) is not None:
+        return images
+    from lra_diffusion.data import load_images
+
+    try:
+        return load_images(images, progress=False)  # type: ignore[arg-type]
+    except InputError:  # images of different sizes: keep the dataset (ragged encoders cope)
+        return images
 
 
 def pretrain_simclr_on(
