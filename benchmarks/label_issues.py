@@ -54,10 +54,14 @@ def digits_setting(seed: int):
     return d.X_train, d.y_train_noisy, d.y_train_clean, demo_images(seed), None
 
 
-def cifar10n_setting(features: Path, column: str, pca: int | None, seed: int):
-    from lra_diffusion.data import load_cifar_n
+def cifar10n_setting(features: Path, column: str, pca: int | None, seed: int, want_images: bool):
+    from lra_diffusion.data import load_cifar_n, load_shared_cifar10
 
-    X = np.load(features, mmap_mode="r")
+    images = load_shared_cifar10(SHARED, "train", progress=False)[0] if want_images or str(features) == "pixels" else None
+    if str(features) == "pixels":  # the fallback encoder: raw pixels in [0, 1]
+        X = images.reshape(len(images), -1).astype(np.float32) / 255
+    else:
+        X = np.load(features, mmap_mode="r")
     noisy = load_cifar_n(SHARED / "noisy_labels" / "cifar10n.csv", column)
     clean = load_cifar_n(SHARED / "noisy_labels" / "cifar10n.csv", "clean")
     if len(X) != len(noisy):
@@ -71,7 +75,7 @@ def cifar10n_setting(features: Path, column: str, pca: int | None, seed: int):
         print(f"PCA {features} -> {pca} dims in {time.perf_counter() - t:.0f} s (unsupervised)")
     from lra_diffusion.data import CIFAR10_CLASSES
 
-    return X, noisy, clean, None, list(CIFAR10_CLASSES)
+    return X, noisy, clean, images, list(CIFAR10_CLASSES)
 
 
 def row(method: str, scoring: str, m: dict, seconds: float) -> dict:
@@ -116,13 +120,14 @@ def write_benchmarks(key: str, title: str, body: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("setting", choices=["digits", "cifar10n"])
-    p.add_argument("--features", type=Path, help="cifar10n: (50000, D) .npy features of the training images")
+    p.add_argument("--features", type=Path, help="cifar10n: (50000, D) .npy features of the training images, or 'pixels'")
     p.add_argument("--column", default="worse", help="cifar10n label column (worse, aggre, random1)")
     p.add_argument("--pca", type=int, default=None, help="cifar10n: reduce the features to this many dims first")
     p.add_argument("--steps", type=int, default=None, help="our training steps (default: the config's auto_steps)")
     p.add_argument("--cv", default="none,2", help="our scoring modes: 'none' (in-sample) and/or fold counts")
     p.add_argument("--n-samples", type=int, default=20, help="stochastic DDIM runs of the 'stochastic' score")
     p.add_argument("--cleanlab-cv", type=int, default=5, help="folds of the logistic regression's cross_val_predict")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", type=Path, default=None, help="save our in-sample run, issues.csv and report.html")
     p.add_argument("--write", action="store_true", help="write the rows into BENCHMARKS.md")
@@ -134,10 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.features is None:
             p.error("cifar10n needs --features")
-        X, y, clean, images, names = cifar10n_setting(args.features, args.column, args.pca, args.seed)
+        X, y, clean, images, names = cifar10n_setting(args.features, args.column, args.pca, args.seed,
+                                                         want_images=args.run_dir is not None)
         feat = f"{args.features}" + (f", PCA to {args.pca}" if args.pca else "")
         title = (f"CIFAR-10N `{args.column}` (all 50,000 training images, "
                  f"{(y != clean).mean():.2%} noise), features {feat}")
+    if args.limit:
+        X, y, clean = X[: args.limit], y[: args.limit], clean[: args.limit]
+        images = images[: args.limit] if images is not None else None
+        title += f", first {args.limit} samples only"
     is_error = y != clean
     print(f"{args.setting}: {len(y)} samples, {X.shape[1]} features, {is_error.sum()} wrong labels "
           f"({is_error.mean():.2%}); seed {args.seed}")

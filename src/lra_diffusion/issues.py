@@ -202,7 +202,9 @@ def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samp
     rows = np.arange(len(X))
     y0 = predict_y0(est.model_, X, dc)
     pred = readout(y0, dc.readout).numpy()
-    closeness = closeness_proba(y0, dc.proba_temperature).numpy()[rows, y_idx]
+    # float64: in float32 every label farther than ~10 closeness units underflows to exactly 0, and the
+    # most suspicious samples would tie instead of being ranked
+    closeness = closeness_proba(y0.double(), dc.proba_temperature).numpy()[rows, y_idx]
     hits = np.zeros(len(X))
     for _ in range(n_samples):
         y0_s = predict_y0(est.model_, X, dc, stochastic=True, generator=generator)

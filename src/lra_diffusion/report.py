@@ -176,14 +176,14 @@ def image_grid(images: np.ndarray, rows: np.ndarray, given: list[str], pred: lis
     n = len(rows)
     cols = min(8, n)
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(1.6 * cols, 1.9 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(1.6 * cols, 2.1 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for j, r in enumerate(rows):
         ax = axes.ravel()[j]
         img = images[r]
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
-        ax.set_title(f"#{r}: {given[j]} → {pred[j]}\n{scores[j]:.3f}", fontsize=7)
+        ax.set_title(f"#{r}\n{given[j]} → {pred[j]}\n{scores[j]:.3g}", fontsize=7)
     fig.suptitle("Most suspicious training images (given → predicted, score)")
     fig.supxlabel("rank, left to right (most suspicious first)")
     fig.supylabel("row of the grid")
