@@ -25,7 +25,8 @@ if __name__ == "__main__":
     ap.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--pca", type=int, default=512, help="PCA dimension of the features (0 = none)")
     ap.add_argument("--ablations", action="store_true", help="run the ablation table instead of the main one")
+    ap.add_argument("--table-only", action="store_true", help="only regenerate the main table from results/")
     a = ap.parse_args()
     cifar10_main(encoder=a.encoder, seeds=a.seeds, settings=a.settings, shared_root=a.shared,
                  cache_dir=a.cache, results_dir=a.results, markdown=a.markdown, pca=a.pca or None,
-                 ablations=a.ablations)
+                 ablations=a.ablations, table_only=a.table_only)

@@ -308,7 +308,7 @@ def cifar10_table(results: list[dict], encoder: str) -> str:
     rows.append(head)
     rows.append("|" + "---|" * (head.count("|") - 1))
     for setting in CIFAR10_SETTINGS:
-        rs = [r for r in results if r["setting"] == setting and "baselines" in r]
+        rs = [r for r in results if r.get("setting") == setting and "baselines" in r]
         if not rs:
             continue
         lra = _median([r["lra"]["test_accuracy"] for r in rs])
@@ -340,7 +340,7 @@ def reduce_features(train: np.ndarray, test: np.ndarray, dim: int | None, *, see
 
 def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_root: Path, cache_dir: Path,
                  results_dir: Path, markdown: Path, config: dict | None = None, pca: int | None = 512,
-                 ablations: bool = False, verbose: bool = True) -> None:
+                 ablations: bool = False, table_only: bool = False, verbose: bool = True) -> None:
     """Embed once, run every (setting, seed), write one JSON per run, regenerate the main table.
 
     ``pca``: the features every method sees are the encoder's, reduced by PCA to this many dimensions
@@ -351,12 +351,17 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
     unknown = set(settings) - set(CIFAR10_SETTINGS)
     if unknown:
         raise InputError(f"unknown setting(s) {sorted(unknown)}; valid: {list(CIFAR10_SETTINGS)}")
+    out_dir = results_dir / encoder
+    if table_only:
+        results = [r for r in read_results(out_dir) if r.get("encoder") == encoder]
+        replace_section(markdown, f"cifar10-main-{encoder}", cifar10_table(results, encoder))
+        print(f"table of {len(results)} results written to {markdown}")
+        return
     start = time.perf_counter()
     features = cifar10_features(encoder, shared_root, cache_dir, progress=verbose)
     features = reduce_features(*features, pca)
     print(f"features: train {features[0].shape}, test {features[1].shape} "
           f"({time.perf_counter() - start:.0f} s incl. cache and PCA)", flush=True)
-    out_dir = results_dir / encoder
     config = config or CIFAR10_LRA_CONFIG
     if ablations:
         rows = []

@@ -7,8 +7,15 @@ whose tables mirror the stages::
     k = 10
     [train]
     epochs = 50
+    [runtime]
+    device = "cuda"
 
 Unknown keys fail loudly and list the valid ones.
+
+``[runtime]`` says where and how fast a run computes, not what it computes: it is left out of
+:meth:`Config.experiment_dict` and so of the resume fingerprint (a run checkpointed on a GPU can be
+resumed on a CPU and back; bit-for-bit equality holds only on the same device, see
+``docs/reliability.md``), and a saved run is loaded onto the CPU unless told otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .device import DEVICE_HELP, is_device_string
 from .errors import InputError
 
 
@@ -67,10 +75,22 @@ class TrainConfig:
     ema_decay: float = 0.999  # with the usual warm-up min(decay, (1 + n) / (10 + n))
     use_ema: bool = True  # evaluate and save the EMA weights
     val_fraction: float = 0.1  # held-out slice of the *noisy* training data when no validation set
-    evals: int = 10  # validation evaluations (model-selection candidates), spread evenly over ...
-    select_after: float = 0.5  # ... the epochs after this fraction of the run (the low-LR tail)
+    evals: int = 20  # validation evaluations (model-selection candidates), spread evenly over ...
+    select_after: float = 0.0  # ... the epochs after this fraction of the run (0 = all epochs)
     checkpoint_every: int = 0  # optimiser steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the label denoiser trains and predicts; not part of the experiment (see the module doc)."""
+
+    device: str = "cpu"  # auto | cpu | cuda | cuda:<i>; auto = the first GPU if there is one
+    amp: bool = False  # autocast (bfloat16 where the GPU supports it) on CUDA; never on CPU
+    compile: bool = False  # torch.compile the denoiser's forward pass for training
+
+
+RUNTIME_SECTION = "runtime"
 
 
 @dataclass(frozen=True)
@@ -81,9 +101,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    def experiment_dict(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without the ``[runtime]`` section: what decides the results (up to the
+        device's arithmetic), e.g. for fingerprints that must survive a change of machine."""
+        return {k: v for k, v in self.to_dict().items() if k != RUNTIME_SECTION}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -162,6 +188,8 @@ class Config:
             (0 <= t.select_after < 1, "train.select_after must be in [0, 1)"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+            # the spelling only: a config naming a GPU must still load on a machine without one
+            (is_device_string(self.runtime.device), f"runtime.device must be {DEVICE_HELP}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,6 +4,11 @@ model selection, and exact checkpoint/resume.
 All randomness of a run (validation split, data order, label draws, timesteps, noise) comes from one
 ``torch.Generator`` seeded by ``seed``; a checkpoint stores its state together with the epoch's data
 order and position, so a resumed run continues bit for bit (on CPU).
+
+On a GPU (``config.runtime.device``) the same CPU generator still draws every random number, which is
+then copied to the device, so a seed means the same draws everywhere; the training features are held
+on the device (N x D float32), the neighbours are found there, and checkpoints and the returned model
+are CPU tensors.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Config
+from .device import autocast_context, resolve_device, to_device
 from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
@@ -96,15 +103,23 @@ def training_step(
     alpha_bar: torch.Tensor,
     generator: torch.Generator,
     grad_clip: float,
+    amp: bool = False,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> float:
     """One optimiser step of the weighted epsilon-prediction loss on a batch; returns the loss.
 
-    x (B, D) features, labels (B,) retrieved labels, weights (B,) agreement counts.
+    x (B, D) features, labels (B,) retrieved labels, weights (B,) agreement counts, all on the model's
+    device. t and eps are drawn from ``generator`` (a CPU generator) and copied to that device.
+    ``amp``: autocast the forward pass on CUDA. ``forward``: what to call instead of ``model`` (e.g. its
+    ``torch.compile`` wrapper, which shares its parameters).
     """
+    dev = x.device
     y0 = torch.nn.functional.one_hot(labels, model.num_classes).float()
-    t = antithetic_timesteps(len(x), len(alpha_bar), generator=generator)
-    eps = torch.randn(y0.shape, generator=generator)
-    loss = weighted_eps_loss(model(x, q_sample(y0, t, eps, alpha_bar), t), eps, weights)
+    t = to_device(antithetic_timesteps(len(x), len(alpha_bar), generator=generator), dev)
+    eps = to_device(torch.randn(y0.shape, generator=generator), dev)
+    with autocast_context(dev, amp):
+        eps_pred = (forward or model)(x, q_sample(y0, t, eps, alpha_bar), t)
+    loss = weighted_eps_loss(eps_pred.float(), eps, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -141,7 +156,8 @@ def train(
     progress : show a tqdm bar with the loss.
     """
     config = config or Config()
-    tc, rc, dc = config.train, config.retrieval, config.diffusion
+    tc, rc, dc, rt = config.train, config.retrieval, config.diffusion, config.runtime
+    dev = resolve_device(rt.device)
     features = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     check_inputs(features, labels, num_classes)
@@ -163,7 +179,7 @@ def train(
     n = len(x_np)
     if rc.k >= n:
         raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
-    neighbours, _ = knn(x_np, rc.k, metric=rc.metric, backend=rc.backend, exclude_self=rc.exclude_self)
+    neighbours, _ = knn(x_np, rc.k, metric=rc.metric, backend=rc.backend, exclude_self=rc.exclude_self, device=dev)
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
     x = torch.from_numpy(x_np)
 
@@ -176,19 +192,21 @@ def train(
             x_encoder=config.model.x_encoder,
         )
     model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    x = to_device(x, dev)  # the whole (N, D) training matrix: batches are gathered on the device
+    model.to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
+    forward = torch.compile(model) if rt.compile else None  # shares model's parameters and state_dict
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=(0.9, 0.999), fused=True
     )
-    alpha_bar = schedule_alpha_bar(dc).float()
+    alpha_bar = schedule_alpha_bar(dc).float().to(dev)
 
     batch = min(tc.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: the order changes every epoch
     epochs = tc.epochs or max(1, math.ceil(tc.auto_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     warmup = int(round(tc.warmup_fraction * total))
-    # Selection candidates come from the tail of the cosine schedule: early, high-LR iterates are
-    # under-trained, and a small noisy validation split would otherwise pick them by chance.
+    # Selection candidates: `evals` epochs spread over the part of the run after `select_after`.
     first = min(epochs, int(tc.select_after * epochs) + 1)
     eval_epochs = set(np.linspace(first, epochs, min(tc.evals, epochs - first + 1)).round().astype(int).tolist())
 
@@ -197,7 +215,7 @@ def train(
     best_weights: dict[str, torch.Tensor] | None = None
     fingerprint = {
         "features": sha256_array(features), "labels": sha256_array(labels), "seed": seed,
-        "config": config.to_dict(), "num_classes": num_classes,
+        "config": config.experiment_dict(), "num_classes": num_classes,  # [runtime] may change on resume
         "val": sha256_array(np.asarray(val_features, dtype=np.float32)) if val_features is not None else None,
     }
     ckpt = Checkpointer(checkpoint_dir, keep=tc.keep_checkpoints) if checkpoint_dir is not None else None
@@ -232,8 +250,9 @@ def train(
         idx = perm[pos * batch : (pos + 1) * batch]
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * lr_factor(state["step"], total, warmup)
-        loss = training_step(model, optimizer, x[idx], *sampler.sample(idx, gen), alpha_bar=alpha_bar,
-                             generator=gen, grad_clip=tc.grad_clip)
+        drawn, weights = (to_device(v, dev) for v in sampler.sample(idx, gen))
+        loss = training_step(model, optimizer, x[to_device(idx, dev)], drawn, weights, alpha_bar=alpha_bar,
+                             generator=gen, grad_clip=tc.grad_clip, amp=rt.amp, forward=forward)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at step {state['step']}")
         ema_update(ema, model, min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"])))
@@ -246,7 +265,7 @@ def train(
         if epoch_end:
             record = {"epoch": epoch + 1, "step": state["step"], "loss": float(np.mean(state.pop("losses")))}
             if val_features is not None and epoch + 1 in eval_epochs:
-                y0_val = predict_y0(eval_model, val_features, dc)
+                y0_val = predict_y0(eval_model, val_features, dc, amp=rt.amp)
                 acc = float((readout(y0_val, dc.readout).numpy() == val_labels).mean())
                 record["val_accuracy"] = acc
                 if state["best_acc"] is None or acc >= state["best_acc"]:  # ties: the later, longer-trained weights
@@ -260,7 +279,7 @@ def train(
 
     if best_weights is not None:
         eval_model.load_state_dict(best_weights)
-    eval_model.eval()
+    eval_model.cpu().eval()
     return TrainResult(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
@@ -303,6 +322,7 @@ class Checkpointer:
         tensors |= {f"best.{k}": v for k, v in (best_weights or {}).items()}
         for i, s in opt["state"].items():
             tensors |= {f"optim.{i}.{name}": torch.as_tensor(v) for name, v in s.items()}
+        tensors = {k: v.cpu() for k, v in tensors.items()}  # files hold CPU tensors, whatever the device
         tensors["rng.generator"] = gen.get_state()
         if perm is not None:
             tensors["rng.perm"] = perm
