@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from . import __version__
 from .config import Config
+from .device import resolve_device
 from .errors import InputError
 from .evaluate import predict_proba, predict_y0, readout
 from .io import load_tensors, read_json, save_tensors, sha256_array, write_json
@@ -50,6 +51,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     config : a :class:`~lra_diffusion.config.Config` or a nested dict of its sections, for every other
         setting; the shortcuts above override it.
     random_state : int, ``np.random.RandomState`` or None; fixes every draw of the fit.
+    device : where to train and predict: ``"auto" | "cpu" | "cuda" | "cuda:i"`` (None: the config's
+        ``runtime.device``, CPU by default). A runtime choice: it is not saved with the run, and
+        ``load`` puts a run on the CPU unless given a device.
     verbose : show progress bars.
 
     Attributes
@@ -74,6 +78,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         n_samples: int = 1,
         config: Config | dict | None = None,
         random_state: int | np.random.RandomState | None = None,
+        device: str | None = None,
         verbose: bool = False,
     ):
         self.k = k
@@ -86,6 +91,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         self.n_samples = n_samples
         self.config = config
         self.random_state = random_state
+        self.device = device
         self.verbose = verbose
 
     def _effective_config(self) -> Config:
@@ -103,6 +109,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
                       "val_fraction": self.val_fraction},
             "model": {"feature_dim": self.feature_dim},
             "diffusion": {"ddim_steps": self.ddim_steps},
+            "runtime": {"device": self.device},
         }
         changes = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in shortcuts.items()}
         return base.replace(**{s: kv for s, kv in changes.items() if kv})
@@ -167,11 +174,16 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             self.save(run_dir)
         return self
 
+    def _runtime(self) -> dict:
+        """``device`` and ``amp`` keywords for prediction: the ``device`` parameter wins over the config."""
+        rt = self.config_.runtime
+        return {"device": resolve_device(self.device if self.device is not None else rt.device), "amp": rt.amp}
+
     def predict_label_vectors(self, X) -> np.ndarray:
         """Deterministic DDIM label vectors y0 (N, C), one column per class in ``classes_``."""
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        return predict_y0(self.model_, X, self.config_.diffusion).numpy()
+        return predict_y0(self.model_, X, self.config_.diffusion, **self._runtime()).numpy()
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (N,): the coordinate of the DDIM output closest to 1."""
@@ -183,7 +195,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
         gen = torch.Generator().manual_seed(self.seed_)
-        return predict_proba(self.model_, X, self.config_.diffusion, n_samples=self.n_samples, generator=gen).numpy()
+        return predict_proba(self.model_, X, self.config_.diffusion, n_samples=self.n_samples, generator=gen,
+                             **self._runtime()).numpy()
 
     def find_label_issues(self, X, y, **kwargs):
         """Score and flag the labels y (N,) of X (N, D); see :func:`lra_diffusion.issues.find_label_issues`.
@@ -207,7 +220,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         info = {
             "format": "lra-diffusion-run/1",
             "config": self.config_.to_dict(),
-            "params": {k: v for k, v in self.get_params().items() if k not in ("config", "random_state")},
+            "params": {k: v for k, v in self.get_params().items() if k not in ("config", "random_state", "device")},
             "classes": self.classes_.tolist(),
             "classes_dtype": self.classes_.dtype.str,
             "n_features_in": int(self.n_features_in_),
@@ -235,8 +248,11 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         return run_dir
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> LRAClassifier:
-        """Load a fitted classifier from a run directory written by :meth:`save`."""
+    def load(cls, run_dir: str | Path, *, device: str | None = None) -> LRAClassifier:
+        """Load a fitted classifier from a run directory written by :meth:`save`.
+
+        ``device``: where it predicts (None: the CPU, wherever the run was trained).
+        """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise InputError(f"run directory not found: {run_dir}")
@@ -246,8 +262,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         info = read_json(run_dir / "config.json")
         if not isinstance(info, dict) or info.get("format") != "lra-diffusion-run/1":
             raise InputError(f"{run_dir / 'config.json'} is not an lra-diffusion run config")
-        config = Config.from_dict(info["config"])
-        est = cls(**info["params"], config=config)
+        # the device a run was trained on says nothing about this machine: runtime.device starts over
+        config = Config.from_dict(info["config"]).replace(runtime={"device": "cpu"})
+        est = cls(**info["params"], config=config, device=device)
         est.config_ = config
         est.classes_ = np.asarray(info["classes"], dtype=np.dtype(info["classes_dtype"]))
         est.n_features_in_ = info["n_features_in"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 from .config import DiffusionConfig
+from .device import autocast_context, batches_to_device
 from .diffusion import alpha_bars, ddim_sample, ddim_timesteps, get_betas
 from .models import LabelDenoiser
 
@@ -24,25 +27,39 @@ def predict_y0(
     stochastic: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int = 4096,
+    device: torch.device | None = None,
+    amp: bool = False,
 ) -> torch.Tensor:
-    """DDIM label vectors y0 (N, C) for ``features`` (N, D), float32.
+    """DDIM label vectors y0 (N, C) for ``features`` (N, D), float32, on the CPU.
 
     Deterministic (default): eta = 0 from y_T = 0, as the paper. ``stochastic=True``: y_T ~ N(0, I) and
-    eta = ``config.stochastic_eta``, one independent run per call.
+    eta = ``config.stochastic_eta``, one independent run per call; the noise comes from ``generator``
+    (a CPU generator gives the same draws on every device).
+
+    ``device``: where the denoiser runs (None = where its weights are; a model elsewhere is copied
+    there, never moved). Features travel batch by batch (pinned, non-blocking on CUDA). ``amp``:
+    autocast the denoiser's calls on CUDA (see :func:`lra_diffusion.device.autocast_context`).
     """
-    was_training = model.training
-    model.eval()
+    model_device = next(model.parameters()).device
+    dev = model_device if device is None else device
+    net = model if dev == model_device else copy.deepcopy(model).to(dev)
+    was_training = net.training
+    net.eval()
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    alpha_bar = schedule_alpha_bar(config).float()
+    alpha_bar = schedule_alpha_bar(config).float().to(dev)
     ts = ddim_timesteps(config.timesteps, config.ddim_steps, config.ddim_spacing)
     out = []
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
+    for xb in batches_to_device(x, batch_size, dev):
         shape = (len(xb), model.num_classes)
-        y_T = torch.randn(shape, generator=generator) if stochastic else torch.zeros(shape)
+        y_T = (torch.randn(shape, generator=generator) if stochastic else torch.zeros(shape)).to(dev)
         eta = config.stochastic_eta if stochastic else 0.0
-        out.append(ddim_sample(lambda y, t: model(xb, y, t), y_T, alpha_bar, ts, eta=eta, generator=generator))
-    model.train(was_training)
+
+        def eps_fn(y: torch.Tensor, t: torch.Tensor, xb: torch.Tensor = xb) -> torch.Tensor:
+            with autocast_context(dev, amp):
+                return net(xb, y, t).float()
+
+        out.append(ddim_sample(eps_fn, y_T, alpha_bar, ts, eta=eta, generator=generator).cpu())
+    net.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, model.num_classes)
 
 
@@ -65,17 +82,19 @@ def predict_proba(
     *,
     n_samples: int = 1,
     generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+    amp: bool = False,
 ) -> torch.Tensor:
     """Class probabilities (N, C).
 
     ``n_samples == 1``: normalised closeness of the deterministic run. ``n_samples > 1``: frequency of each
-    predicted class over that many stochastic DDIM runs.
+    predicted class over that many stochastic DDIM runs. ``device``, ``amp``: as :func:`predict_y0`.
     """
     if n_samples <= 1:
-        return closeness_proba(predict_y0(model, features, config), config.proba_temperature)
+        return closeness_proba(predict_y0(model, features, config, device=device, amp=amp), config.proba_temperature)
     counts = torch.zeros(len(features), model.num_classes)
     for _ in range(n_samples):
-        y0 = predict_y0(model, features, config, stochastic=True, generator=generator)
+        y0 = predict_y0(model, features, config, stochastic=True, generator=generator, device=device, amp=amp)
         counts[torch.arange(len(features)), readout(y0, config.readout)] += 1
     return counts / n_samples
 

@@ -53,15 +53,21 @@ def knn_torch(
     exclude_self: bool = True,
     chunk_size: int = 2048,
     progress: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN by chunked matmul (never an N x N matrix). Returns ``(indices, sq_distances)`` (N, k).
 
     Squared Euclidean distances |q|^2 - 2 q.x + |x|^2; for ``cosine`` the rows are L2-normalised first.
-    Rows are sorted by increasing distance.
+    Rows are sorted by increasing distance. ``device``: where the matmuls run (None = CPU); the
+    features are copied there once and the results come back as NumPy arrays.
     """
     x = _prepare(features, metric)
+    if device is not None and device.type != "cpu":
+        x = x.to(device)
     n = x.shape[0]
     kk = k + 1 if exclude_self else k
+    # a chunk's (chunk, N) distance block stays under about 1 GB, however large N is
+    chunk_size = max(1, min(chunk_size, 2**28 // max(n, 1)))
     norms = (x * x).sum(1)
     all_idx = np.empty((n, kk), dtype=np.int64)
     all_dist = np.empty((n, kk), dtype=np.float32)
@@ -70,8 +76,8 @@ def knn_torch(
             q = x[start : start + chunk_size]
             d = norms[start : start + chunk_size, None] - 2 * q @ x.T + norms[None, :]
             dist, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
-            all_idx[start : start + len(q)] = idx.numpy()
-            all_dist[start : start + len(q)] = dist.clamp_min(0).numpy()
+            all_idx[start : start + len(q)] = idx.cpu().numpy()
+            all_dist[start : start + len(q)] = dist.clamp_min(0).cpu().numpy()
     if exclude_self:
         return _drop_self(all_idx, all_dist, k)
     return all_idx, all_dist
@@ -101,10 +107,12 @@ def knn(
     backend: Literal["auto", "torch", "faiss"] = "auto",
     exclude_self: bool = True,
     progress: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every row among all rows. Returns ``(indices, sq_distances)`` (N, k).
 
-    ``backend="auto"`` uses faiss when it is installed, else chunked torch matmul.
+    ``backend="auto"`` uses chunked torch matmul on ``device`` when that is a GPU, else faiss when it
+    is installed, else chunked torch matmul on the CPU. faiss (the CPU build) ignores ``device``.
     """
     n = len(features)
     if k < 0:
@@ -113,14 +121,15 @@ def knn(
         raise InputError(f"k={k} neighbours need more than {k} training samples, got {n}")
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    on_gpu = device is not None and device.type != "cpu"
     if backend == "auto":
-        backend = "faiss" if faiss_available() else "torch"
+        backend = "torch" if on_gpu or not faiss_available() else "faiss"
     if backend == "faiss":
         if not faiss_available():
             raise InputError("retrieval backend 'faiss' needs faiss-cpu: pip install faiss-cpu")
         return knn_faiss(features, k, metric=metric, exclude_self=exclude_self)
     if backend == "torch":
-        return knn_torch(features, k, metric=metric, exclude_self=exclude_self, progress=progress)
+        return knn_torch(features, k, metric=metric, exclude_self=exclude_self, progress=progress, device=device)
     raise InputError(f"unknown retrieval backend {backend!r}; valid: ['auto', 'faiss', 'torch']")
 
 

@@ -105,6 +105,8 @@ def ddim_sample(
         eps_pred = eps_fn(y, t_batch)
         noise = None
         if eta > 0:
-            noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+            # drawn where the generator lives (a CPU generator gives the same noise on every device)
+            where = y.device if generator is None else generator.device
+            noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=where).to(y.device)
         y, y0_pred = ddim_step(y, eps_pred, alpha_bar[t], a_prev, eta=eta, noise=noise)
     return y0_pred
