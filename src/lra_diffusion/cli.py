@@ -118,13 +118,17 @@ def fit(
     checkpoint_every: Annotated[Optional[int], typer.Option(
         help="Also checkpoint every N optimiser steps (default: the config's train.checkpoint_every; "
              "0 = at epoch ends only).")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="Where to train: auto | cpu | cuda | cuda:I (default: the config's runtime.device, cpu).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train LRA-diffusion on feature vectors with noisy labels; write a run directory."""
     from .config import Config
+    from .device import resolve_device
     from .estimator import LRAClassifier
 
     cfg = Config.from_toml(config) if config else Config()
+    resolve_device(device or cfg.runtime.device)  # a GPU that is not there fails before any work
     if checkpoint_every is not None:
         cfg = cfg.replace(train={"checkpoint_every": checkpoint_every})
     X, y = load_features(features), load_labels(labels)
@@ -135,7 +139,7 @@ def fit(
     X_val = load_features(val_features, "validation features") if val_features else None
     y_val = load_labels(val_labels, "validation labels") if val_labels else None
     check_writable(out, is_dir=True)
-    est = LRAClassifier(epochs=epochs, k=k, config=cfg, random_state=seed, verbose=not quiet)
+    est = LRAClassifier(epochs=epochs, k=k, config=cfg, random_state=seed, device=device, verbose=not quiet)
     created = first_missing(out)
     try:
         est.fit(X, y, X_val=X_val, y_val=y_val, run_dir=out, resume=resume)
@@ -162,15 +166,19 @@ def predict(
     root: Annotated[Optional[Path], typer.Option(help="Folder a list file's paths are relative to; a known "
                                                       "dataset's root.")] = None,
     proba: Annotated[bool, typer.Option(help="Write class probabilities instead of labels.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="Encoder device for --images (cpu, cuda, ...).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Where to run the denoiser (--features) or the encoder "
+                                                       "(--images): auto | cpu | cuda | cuda:I (default cpu).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Classify feature vectors, or images with the encoder saved in the run, with a trained run."""
+    from .device import resolve_device
     from .estimator import LRAClassifier
     from .io import atomic_write
 
     if (features is None) == (images is None):
         raise InputError("give --features or --images (one of them)")
+    if device is not None:
+        device = str(resolve_device(device))  # "auto" becomes what it means here; a missing GPU fails now
     if images is not None:
         from .pipeline import predict_images
 
@@ -183,7 +191,7 @@ def predict(
         acc = f"; accuracy {pred.accuracy:.4f} against their class folders / labels" if pred.accuracy is not None else ""
         typer.echo(f"classified {len(pred.labels)} images in {pred.seconds:.1f} s{acc}; wrote {out}")
         return
-    est = LRAClassifier.load(model)
+    est = LRAClassifier.load(model, device=device)
     X = load_features(features)
     if X.shape[1] != est.n_features_in_:
         raise InputError(f"{features} has {X.shape[1]} features per row but the model was trained on {est.n_features_in_}")
@@ -226,7 +234,7 @@ def run_images(
                                                                              "(repeatable), e.g. -o n_centroids=400.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize (shorter side) and centre-crop every image to "
                                                            "SxS first (images of mixed sizes).")] = None,
-    device: Annotated[str, typer.Option(help="Encoder device: cpu, cuda, ...")] = "cpu",
+    device: Annotated[str, typer.Option(help="Encoder device: auto | cpu | cuda | cuda:I.")] = "cpu",
     cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
     score: Annotated[str, typer.Option(help="Label-issue score: closeness | stochastic | agreement | mean.")] = "closeness",
     threshold: Annotated[Optional[float], typer.Option(help="Flag label scores below this (default 0.5).")] = None,
@@ -238,12 +246,13 @@ def run_images(
 
     Re-running with the same inputs reuses the cached features and the finished fit.
     """
+    from .device import resolve_device
     from .encoders.commands import parse_options
     from .pipeline import run
 
     check_writable(out, is_dir=True)
     options = parse_options(option)
-    options.setdefault("device", device)
+    options.setdefault("device", str(resolve_device(device)))
     result = run(images, labels=labels, encoder=encoder, encoder_path=encoder_path, out=out,
                  test_images=test_images, test_labels=test_labels, config=config, seed=seed,
                  cache_dir=cache_dir, progress=not quiet, root=root, test_root=test_root,
@@ -304,13 +313,15 @@ def embed(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Encoder option KEY=VALUE (repeatable), e.g. -o weights=SimCLR_128_cifar10.pt, -o model=DIR, -o path=feats.npy.")] = None,
     encoder_dir: Annotated[Optional[Path], typer.Option(help="A saved encoder (encoder.json) to use instead of fitting.")] = None,
     cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:I.")] = "cpu",
     float16: Annotated[bool, typer.Option(help="Store the features as float16.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Embed a dataset split once (cached by data, encoder weights, split and dtype) and write .npy."""
+    from .device import resolve_device
     from .encoders.commands import embed_dataset, parse_options
 
+    device = str(resolve_device(device))  # "auto" becomes what it means here; a missing GPU fails now
     check_writable(out)
     options = parse_options(option)
     if encoder != "precomputed":
@@ -341,23 +352,52 @@ def pretrain_simclr(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     temperature: Annotated[float, typer.Option(help="NT-Xent temperature.")] = 0.5,
     monitor_split: Annotated[Optional[str], typer.Option(help="Labelled split for a k-NN monitor (labels never reach the loss), e.g. test.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:I.")] = "cpu",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bfloat16 where supported).")] = True,
+    compile: Annotated[bool, typer.Option(help="torch.compile the network (CUDA only).")] = False,
+    time_limit: Annotated[Optional[float], typer.Option(
+        help="Stop after the last epoch that fits in this many seconds; run again to continue.")] = None,
+    export: Annotated[Optional[Path], typer.Option(
+        help="Then write the weights as float16 safetensors here (e.g. models/simclr-cifar10.safetensors) "
+             "and print its size and SHA-256 for the model card.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """SimCLR (NT-Xent) pretraining of a CIFAR-style ResNet; checkpoints every epoch, resumable."""
+    from .device import resolve_device
     from .encoders.commands import pretrain_simclr_on
 
+    if resolve_device(device).type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time and keep its fastest kernels
+    device = str(resolve_device(device))
     check_writable(out, is_dir=True)
+    if export is not None:
+        if export.suffix != ".safetensors":
+            raise InputError(f"export file {export} must end in .safetensors")
+        check_writable(export)
     enc = pretrain_simclr_on(dataset=dataset, root=root, split=split, out=out, subset=subset,
                              monitor_split=monitor_split, seed=seed, arch=arch, width=width,
                              epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
-                             device=device, amp=amp, resume=resume, progress=not quiet,
-                             log=typer.echo)
-    typer.echo(f"saved encoder to {out / 'encoder'} (use: lra embed --encoder simclr "
+                             device=device, amp=amp, compile=compile, time_limit=time_limit,
+                             resume=resume, progress=not quiet, log=typer.echo)
+    done = len(enc.history_)
+    typer.echo(f"saved encoder after epoch {done}/{epochs} to {out / 'encoder'} (use: lra embed --encoder simclr "
                f"--encoder-dir {out / 'encoder'} ...); final nt-xent {enc.history_[-1]['loss']:.4f}")
+    if export is not None:
+        from .encoders.simclr import export_weights
+
+        last = enc.history_[-1]
+        info = export_weights(enc, export, metadata={
+            "epochs": done, "epochs_planned": epochs, "batch_size": batch_size, "lr": lr,
+            "temperature": temperature, "seed": seed, "dataset": f"{dataset}:{split}", "subset": subset,
+            "train_seconds": round(sum(h["seconds"] for h in enc.history_), 1),
+            "final_loss": last["loss"], "monitor_knn_acc": last.get("knn_acc"),
+        })
+        typer.echo(f"exported {info['dtype']} weights after epoch {done}/{epochs} to {export}: "
+                   f"{info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256']}")
 
 
 @command()

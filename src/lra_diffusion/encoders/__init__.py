@@ -3,8 +3,9 @@
 >>> enc = get_encoder("kmeans", n_centroids=1600).fit(train_images)   # doctest: +SKIP
 >>> feats = embed(enc, train_images, cache_dir="cache/features", split="train")  # doctest: +SKIP
 
-Encoders (``ENCODERS``): ``pixels``, ``kmeans``, ``simclr``, ``clip``, ``dinov2``, ``precomputed``;
-for text (the ``text`` extra): ``minilm``, ``sentence-transformer``.
+Encoders (``ENCODERS``): ``pixels``, ``kmeans``, ``simclr``, ``simclr-cifar10`` (our shipped SimCLR
+weights), ``clip``, ``dinov2``, ``precomputed``; for text (the ``text`` extra): ``minilm``,
+``sentence-transformer``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lra_diffusion.encoders.hf import CLIPEncoder, DINOv2Encoder
 from lra_diffusion.encoders.kmeans import KMeansEncoder
 from lra_diffusion.encoders.pixels import PixelEncoder
 from lra_diffusion.encoders.precomputed import PrecomputedEncoder, load_feature_file
-from lra_diffusion.encoders.simclr import SimCLREncoder, pretrain_simclr
+from lra_diffusion.encoders.simclr import SimCLRCIFAR10Encoder, SimCLREncoder, pretrain_simclr
 from lra_diffusion.encoders.text import MiniLMEncoder, SentenceTransformerEncoder
 from lra_diffusion.errors import InputError
 
@@ -36,6 +37,7 @@ ENCODERS: dict[str, type[Encoder]] = {
         PixelEncoder,
         KMeansEncoder,
         SimCLREncoder,
+        SimCLRCIFAR10Encoder,
         CLIPEncoder,
         DINOv2Encoder,
         PrecomputedEncoder,
@@ -83,6 +85,7 @@ __all__ = [
     "PixelEncoder",
     "PrecomputedEncoder",
     "SentenceTransformerEncoder",
+    "SimCLRCIFAR10Encoder",
     "SimCLREncoder",
     "cache_key",
     "dataset_fingerprint",

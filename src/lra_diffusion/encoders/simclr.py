@@ -10,10 +10,18 @@ Official checkpoints (``SimCLR_128_cifar10.pt``) keep the trunk in an ``nn.Seque
 (``f.0`` conv1, ``f.1`` bn1, ``f.3``..``f.6`` layer1..layer4) and the head in ``g``
 (``g.0`` linear, ``g.1`` batch norm, ``g.3`` linear); :func:`official_to_ours` renames those keys.
 Inputs are normalised with the CIFAR-10 mean / std of the reference code.
+
+``simclr-cifar10`` (:class:`SimCLRCIFAR10Encoder`) is our own ResNet-18 pretrained with
+:func:`pretrain_simclr` on the CIFAR-10 training images without labels and shipped as
+``models/simclr-cifar10.safetensors`` (float16, written by :func:`export_weights`; see
+``models/README.md``).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import os
 import time
@@ -27,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lra_diffusion.device import autocast_context, needs_grad_scaler, resolve_device, to_device
 from lra_diffusion.encoders.base import (
     Encoder,
     ImageSource,
+    _as_array,
     atomic_path,
     num_images,
     progress_bar,
@@ -201,7 +211,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except Exception as e:  # truncated, or a Git LFS pointer in place of the file
+            raise InputError(f"simclr: {p} is not a readable safetensors file ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); a Git LFS pointer needs `git lfs pull`") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -255,7 +269,8 @@ class SimCLREncoder(Encoder):
         Official ``.pt`` (``f.*`` / ``g.*`` keys) or our ``.safetensors`` state dict. Without it the
         encoder is unfitted: train it with :func:`pretrain_simclr`.
     device, amp, channels_last
-        Where to run; on CUDA, autocast (float16) and ``channels_last`` speed encoding up.
+        Where to run (``auto | cpu | cuda | cuda:i``); on CUDA, autocast (bfloat16 where supported,
+        else float16) and ``channels_last`` speed encoding up.
     """
 
     name = "simclr"
@@ -350,18 +365,18 @@ class SimCLREncoder(Encoder):
 
     def normalize(self, batch: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` -> normalised float ``(B, 3, H, W)`` on ``device``."""
-        x = torch.from_numpy(np.array(batch, order="C")).to(device, non_blocking=True)
+        x = to_device(torch.from_numpy(np.array(batch, order="C")), torch.device(device))
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return normalize_tensor(x, self.mean, self.std)
 
     def _encode_batch(self, batch: np.ndarray) -> torch.Tensor:
-        dev = torch.device(self.device)
+        dev = resolve_device(self.device)
         self.net_.to(dev)
         x = self.normalize(batch, dev)
         if dev.type == "cuda" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             self.net_.to(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp and dev.type == "cuda"):
+        with autocast_context(dev, self.amp):
             h = self.net_.features(x)
         return F.normalize(h.float(), dim=1)
 
@@ -370,9 +385,16 @@ def normalize_tensor(
     x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
     """Channel-wise ``(x - mean) / std`` of ``(B, 3, H, W)`` images in ``[0, 1]``."""
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    m = _constant(tuple(mean), x.device, x.dtype).view(1, 3, 1, 1)
+    s = _constant(tuple(std), x.device, x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant tensor, made once per device and dtype: building it from Python numbers on
+    every batch would be a host-to-device copy that waits for the GPU each time."""
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,12 +415,14 @@ def simclr_augment(
     Random resized crop (area ``scale``, aspect ``ratio``) with horizontal flip (p = 0.5), colour
     jitter (brightness, contrast, saturation, hue; applied with probability ``p_jitter`` in that fixed
     order) and random grayscale (``p_gray``), as in the SimCLR CIFAR recipe. Random numbers come from
-    ``generator`` (a CPU generator), so a seeded run is reproducible on any device.
+    ``generator`` (a CPU generator), so a seeded run is reproducible on any device; they are drawn at
+    once and copied to ``x``'s device in one transfer (no per-draw host-device synchronisation).
     """
     b, _, h, w = x.shape
+    draws = iter(to_device(torch.rand(11, b, generator=generator), x.device))  # 11 uniforms per image
 
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator).to(x.device)
+    def rand(_: int) -> torch.Tensor:
+        return next(draws)
 
     # 1. random resized crop + flip as one affine sampling grid (normalised coordinates)
     area = scale[0] + (scale[1] - scale[0]) * rand(b)
@@ -435,17 +459,23 @@ def simclr_augment(
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    w = _constant((0.299, 0.587, 0.114), x.device, x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
+
+
+_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@functools.lru_cache(maxsize=8)
+def _yiq_matrices(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB -> YIQ and its inverse (inverted on the CPU: a GPU inverse checks for errors and waits)."""
+    to_yiq = torch.tensor(_TO_YIQ, dtype=dtype)
+    return to_yiq.to(device), torch.linalg.inv(to_yiq).to(device)
 
 
 def _rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate hue by ``shift`` turns (in ``[-0.5, 0.5]``) as a rotation in YIQ chroma space."""
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        device=x.device, dtype=x.dtype,
-    )
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq, from_yiq = _yiq_matrices(x.device, x.dtype)
     angle = 2 * math.pi * shift
     cos, sin = angle.cos(), angle.sin()
     rot = torch.zeros(len(x), 3, 3, device=x.device, dtype=x.dtype)
@@ -462,7 +492,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     n = z1.shape[0]
     sim = z @ z.T / temperature
     sim.fill_diagonal_(float("-inf"))  # a view is not its own candidate
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    target = (torch.arange(2 * n, device=z.device) + n) % (2 * n)  # view i's partner; made on the device
     return F.cross_entropy(sim, target)
 
 
@@ -503,11 +533,13 @@ def pretrain_simclr(
     device: str = "cpu",
     amp: bool = True,
     channels_last: bool = True,
+    compile: bool = False,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     monitor: tuple[np.ndarray, ImageSource, np.ndarray] | None = None,
     monitor_size: int = 5000,
     knn_k: int = 10,
+    time_limit: float | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> SimCLREncoder:
@@ -525,8 +557,15 @@ def pretrain_simclr(
         ``(train_labels, test_images, test_labels)``: after each epoch, report the k-NN accuracy
         (cosine, ``knn_k`` neighbours) of test images among up to ``monitor_size`` train images.
         The labels only measure progress; they never reach the loss.
-    amp, channels_last
-        Mixed precision (float16 with a gradient scaler) and NHWC memory layout, on CUDA only.
+    device
+        ``auto | cpu | cuda | cuda:i``. On CUDA an image array is copied to the GPU once and batches
+        are gathered and augmented there.
+    amp, channels_last, compile
+        Mixed precision (bfloat16 where the GPU supports it, else float16 with a gradient scaler),
+        NHWC memory layout, and ``torch.compile`` of the network, on CUDA only.
+    time_limit
+        Seconds this call may run: it stops after the last epoch that fits (judged by the epochs of
+        this call), so a run of limited length ends on a checkpoint; call again to continue.
 
     Returns
     -------
@@ -544,7 +583,8 @@ def pretrain_simclr(
     if epochs < 1:
         raise InputError(f"simclr: epochs must be >= 1, got {epochs}")
     say = log or (lambda msg: print(msg, flush=True))
-    dev = torch.device(device)
+    started = time.perf_counter()
+    dev = resolve_device(device)
     cuda = dev.type == "cuda"
     use_amp = amp and cuda
     mem = torch.channels_last if (cuda and channels_last) else torch.contiguous_format
@@ -553,8 +593,13 @@ def pretrain_simclr(
         torch.manual_seed(seed)
         net = SimCLRNet(arch, feature_dim, width)
     net.to(dev).to(memory_format=mem)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay, fused=True if cuda else None)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(dev, use_amp))  # bf16 needs none
+    embed_views = _compiled_embedding(net) if (compile and cuda) else (lambda v: net.project(net.features(v)))
+    source = _as_array(images)
+    on_device = None  # the whole uint8 array on the GPU (50,000 CIFAR images are 150 MB)
+    if cuda and isinstance(source, np.ndarray):
+        on_device = to_device(torch.from_numpy(np.array(source, order="C")), dev)  # a copy: may be a memmap
     aug_gen = torch.Generator().manual_seed(seed + 1)  # augmentations
     order_gen = np.random.default_rng(seed + 2)  # batch order
     history: list[dict[str, float]] = []
@@ -572,7 +617,8 @@ def pretrain_simclr(
                 )
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] and scaler.is_enabled():  # empty when written without float16 AMP
+            scaler.load_state_dict(ckpt["scaler"])
         aug_gen.set_state(ckpt["aug_generator"])
         order_gen.bit_generator.state = ckpt["order_generator"]
         history = ckpt["history"]
@@ -580,32 +626,42 @@ def pretrain_simclr(
         say(f"resumed from {ckpt_path} after epoch {start_epoch}")
 
     steps = n // batch_size
+    epoch_walls: list[float] = []  # whole epochs of this call: training, monitor and checkpoint
     for epoch in range(start_epoch, epochs):
+        if time_limit is not None and epoch_walls:
+            elapsed = time.perf_counter() - started
+            if elapsed + 1.1 * max(epoch_walls) > time_limit:
+                say(f"stopping after epoch {epoch}/{epochs} to stay within {time_limit:.0f} s; "
+                    "run the same command again to continue from the checkpoint")
+                break
         net.train()
         t0 = time.perf_counter()
         perm = order_gen.permutation(n)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=dev)  # summed on the device: no sync per step
         bar = progress_bar(steps * batch_size, progress, f"simclr epoch {epoch + 1}/{epochs}")
         for s in range(steps):
             idx = perm[s * batch_size : (s + 1) * batch_size]
-            x = torch.from_numpy(take_images(images, idx)).to(dev)
+            if on_device is not None:
+                x = on_device[to_device(torch.from_numpy(idx), dev)]
+            else:
+                x = to_device(torch.from_numpy(take_images(images, idx)), dev)
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
             v1 = normalize_tensor(simclr_augment(x, aug_gen), CIFAR_MEAN, CIFAR_STD)
             v2 = normalize_tensor(simclr_augment(x, aug_gen), CIFAR_MEAN, CIFAR_STD)
             views = torch.cat([v1, v2]).contiguous(memory_format=mem)
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-                z = net.project(net.features(views))
+            with autocast_context(dev, use_amp):
+                z = embed_views(views)
             loss = nt_xent(z[:batch_size], z[batch_size:], temperature)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total += float(loss.detach())
+            total += loss.detach()
             bar.update(batch_size)
         bar.close()
-        record = {"epoch": epoch + 1, "loss": total / steps, "seconds": time.perf_counter() - t0}
-        encoder = _as_encoder(net, cfg, device, amp, channels_last)
+        record = {"epoch": epoch + 1, "loss": float(total) / steps, "seconds": time.perf_counter() - t0}
         if monitor is not None:
+            encoder = _as_encoder(net, cfg, device, amp, channels_last)
             record["knn_acc"] = knn_monitor(encoder, images, *monitor, size=monitor_size, k=knn_k)
         history.append(record)
         msg = f"epoch {epoch + 1}/{epochs}: nt-xent {record['loss']:.4f}"
@@ -625,12 +681,22 @@ def pretrain_simclr(
             }
             with atomic_path(ckpt_path) as tmp:
                 torch.save(state, tmp)
+        epoch_walls.append(time.perf_counter() - t0)
 
     encoder = _as_encoder(net, cfg, device, amp, channels_last)
     encoder.history_ = history
     if checkpoint_dir is not None:
         encoder.save(Path(checkpoint_dir) / "encoder")
     return encoder
+
+
+def _compiled_embedding(net: SimCLRNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` of views -> projections (the network's parameters are shared, not copied)."""
+
+    def embed_views(v: torch.Tensor) -> torch.Tensor:
+        return net.project(net.features(v))
+
+    return torch.compile(embed_views)
 
 
 def _as_encoder(
@@ -643,6 +709,129 @@ def _as_encoder(
     enc.net_.load_state_dict(state)
     enc._trained = True
     return enc
+
+
+# ------------------------------------------------------------------------------------------------
+# Shipped weights: export, and the `simclr-cifar10` encoder
+# ------------------------------------------------------------------------------------------------
+WEIGHTS_FORMAT = "lra-diffusion-simclr/1"
+SHIPPED_FILE = "simclr-cifar10.safetensors"
+WEIGHTS_ENV = "LRA_SIMCLR_CIFAR10_WEIGHTS"  # overrides where `simclr-cifar10` looks for its weights
+MAX_SHIPPED_BYTES = 25_000_000
+
+
+def export_weights(
+    encoder: SimCLREncoder,
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float16,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a trained encoder's weights (trunk and head) as one ``safetensors`` file in ``dtype``.
+
+    Floating tensors are cast (integer buffers such as ``num_batches_tracked`` are kept); the file's
+    metadata records the format, ``arch``, ``width``, ``feature_dim`` and the given ``metadata``
+    (JSON-encoded values). Returns ``{"path", "bytes", "sha256", "dtype"}`` for the model card.
+    """
+    from safetensors.torch import save as st_save
+
+    from lra_diffusion.io import atomic_write
+
+    encoder.check_is_fitted()
+    tensors = {}
+    for key, value in encoder.net_.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if value.is_floating_point():
+            cast = value.to(dtype)
+            if not torch.isfinite(cast).all():
+                raise InputError(f"simclr: {key} does not fit in {dtype} (values up to {value.abs().max():.3g})")
+            value = cast
+        tensors[key] = value
+    meta = {"format": WEIGHTS_FORMAT, "arch": encoder.arch, "width": str(encoder.width),
+            "feature_dim": str(encoder.feature_dim), "dtype": str(dtype).removeprefix("torch.")}
+    meta |= {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = st_save(tensors, metadata=meta)
+    atomic_write(path, data)
+    return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "dtype": meta["dtype"]}
+
+
+def shipped_weights_path() -> Path:
+    """Where ``simclr-cifar10`` finds its weights: ``$LRA_SIMCLR_CIFAR10_WEIGHTS`` if set, else
+    ``models/simclr-cifar10.safetensors`` of the repository this package is run from."""
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "models" / SHIPPED_FILE  # src/lra_diffusion/encoders/
+
+
+NOT_SHIPPED = (
+    "simclr-cifar10: weights not shipped yet ({path} is missing; training them needs a CUDA GPU): run "
+    "`lra pretrain simclr --out runs/simclr-cifar10 --device cuda --epochs 200 --monitor-split test "
+    "--time-limit 540 --export models/simclr-cifar10.safetensors` until it reports the last epoch "
+    "(see models/README.md), or pass -o weights=FILE"
+)
+
+
+class SimCLRCIFAR10Encoder(SimCLREncoder):
+    """Our SimCLR encoder for CIFAR-10: a CIFAR-style ResNet-18 pretrained without labels on the 50,000
+    CIFAR-10 training images; L2-normalised 512-d trunk features. Runs on CPU too.
+
+    Parameters
+    ----------
+    weights
+        The exported file (:func:`export_weights`); default :func:`shipped_weights_path`. Its
+        metadata names the architecture. A missing file fails at once, saying how to make it.
+    batch_size, device, amp, channels_last
+        As :class:`SimCLREncoder`.
+    """
+
+    name = "simclr-cifar10"
+
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
+        amp: bool = True,
+        channels_last: bool = True,
+    ):
+        path = Path(weights) if weights is not None else shipped_weights_path()
+        if not path.is_file():
+            raise InputError(NOT_SHIPPED.format(path=path))
+        arch = read_weights_metadata(path)
+        super().__init__(arch=arch["arch"], width=arch["width"], feature_dim=arch["feature_dim"], weights=path,
+                         batch_size=batch_size, device=device, amp=amp, channels_last=channels_last)
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SimCLRCIFAR10Encoder:
+        enc = cls.__new__(cls)  # the saved tensors are the weights: the shipped file is not needed
+        SimCLREncoder.__init__(enc, **{**config, "weights": None})
+        enc.weights = config.get("weights")
+        load_weights(enc.net_, tensors, source="saved encoder")
+        enc._trained = True
+        return enc
+
+
+def read_weights_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"arch", "width", "feature_dim"}`` of an exported weights file (ResNet-18 defaults for a file
+    without our metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # truncated, or a Git LFS pointer in place of the file
+        raise InputError(f"simclr: {path} is not a readable safetensors file ({type(e).__name__}); "
+                         "a Git LFS pointer needs `git lfs pull`") from None
+    try:
+        return {"arch": meta.get("arch", "resnet18"), "width": int(meta.get("width", 64)),
+                "feature_dim": int(meta.get("feature_dim", 128))}
+    except ValueError:
+        raise InputError(f"simclr: {path} has malformed metadata {meta}") from None
 
 
 def knn_monitor(
@@ -668,6 +857,7 @@ def knn_monitor(
 
 
 __all__ = [
+    "SimCLRCIFAR10Encoder",
     "SimCLREncoder",
     "SimCLRNet",
     "PretrainConfig",
@@ -679,4 +869,6 @@ __all__ = [
     "pretrain_simclr",
     "read_state_dict",
     "simclr_augment",
+    "export_weights",
+    "shipped_weights_path",
 ]
