@@ -238,6 +238,10 @@ def test_missing_shipped_weights_fail_fast_with_the_recipe(tmp_path, monkeypatch
     res = runner.invoke(app, ["embed", "--encoder", "simclr-cifar10", "--dataset", "npy", "--root", str(tmp_path),
                               "--out", str(tmp_path / "f.npy")])
     assert res.exit_code == 2 and "not shipped yet" in res.output and len(res.output.strip().splitlines()) == 1
+    from lra_diffusion.pipeline import make_encoder  # `lra run --encoder simclr-cifar10` too
+
+    with pytest.raises(InputError, match="not shipped yet"):
+        make_encoder("simclr-cifar10")
     monkeypatch.delenv(WEIGHTS_ENV)
     assert shipped_weights_path().parts[-2:] == ("models", "simclr-cifar10.safetensors")
     assert shipped_weights_path().parent.parent == Path(__file__).resolve().parents[1]  # the repository

@@ -46,7 +46,7 @@ from .io import atomic_write, read_json, sha256_array, write_json
 from .issues import CSV_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_SCORE, LabelIssues
 from .sources import ImageSet, open_image_set
 
-IMAGE_ENCODERS: tuple[str, ...] = ("pixels", "kmeans", "simclr", "clip", "dinov2")
+IMAGE_ENCODERS: tuple[str, ...] = ("pixels", "kmeans", "simclr", "simclr-cifar10", "clip", "dinov2")
 DEFAULT_CACHE_DIR = Path("cache/features")  # relative to the working directory, as `lra embed`
 IN_MEMORY_BYTES = 4 * 2**30  # decoded training images up to this size are held as one array
 THUMBNAIL = 64  # report thumbnails: images larger than this (or of mixed sizes) are resized to it
