@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         est = LRAClassifier(config=config, random_state=args.seed, verbose=False)
         t = time.perf_counter()
         res = find_label_issues(X, y, estimator=est, cv=cv, true_labels=clean, n_samples=args.n_samples,
-                                random_state=args.seed)
+                                extra_scores=SCORES, random_state=args.seed)
         seconds = time.perf_counter() - t
         how = "in-sample" if cv is None else f"out-of-sample, {cv}-fold"
         acc = (res.predicted_label == clean).mean()

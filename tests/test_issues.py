@@ -16,6 +16,7 @@ from lra_diffusion.issues import (
     CSV_COLUMNS,
     DEFAULT_SCORE,
     DEFAULT_THRESHOLD,
+    SCORES,
     LabelIssues,
     agreement_scores,
     cleanlab_issues,
@@ -110,7 +111,7 @@ def test_transition_matrices():
 # ---- scores from a model ---------------------------------------------------------------------------
 def test_in_sample_scores_find_the_flipped_labels(fitted, noisy_blobs):
     X, y, clean = noisy_blobs
-    res = fitted.find_label_issues(X, y, true_labels=clean)
+    res = fitted.find_label_issues(X, y, true_labels=clean, extra_scores=SCORES)
     assert res.score == DEFAULT_SCORE and len(res) == len(y)
     assert np.array_equal(res.index, np.arange(len(y))) and np.array_equal(res.given_label, y)
     assert np.array_equal(res.label_quality, res.scores[DEFAULT_SCORE])
@@ -297,3 +298,31 @@ def test_demo_writes_issues_and_report(tmp_path, capsys):
     assert 'id="fig-suspicious-images"' in html and 'id="fig-transition"' in html
     out = capsys.readouterr().out
     assert "finding the wrong training labels" in out and "AUROC" in out
+
+
+def test_only_the_needed_scores_are_computed(fitted, noisy_blobs, monkeypatch):
+    X, y, _ = noisy_blobs
+    import lra_diffusion.issues as issues
+
+    calls = {"stochastic": 0, "knn": 0}
+    real_predict, real_agreement = issues.predict_y0, issues.agreement_scores
+
+    def predict(*a, stochastic=False, **kw):
+        calls["stochastic"] += stochastic
+        return real_predict(*a, stochastic=stochastic, **kw)
+
+    def agreement(*a, **kw):
+        calls["knn"] += 1
+        return real_agreement(*a, **kw)
+
+    monkeypatch.setattr(issues, "predict_y0", predict)
+    monkeypatch.setattr(issues, "agreement_scores", agreement)
+    assert set(fitted.find_label_issues(X, y).scores) == {"closeness"} and calls == {"stochastic": 0, "knn": 0}
+    assert set(fitted.find_label_issues(X, y, score="agreement").scores) == {"closeness", "agreement"}
+    assert calls == {"stochastic": 0, "knn": 1}
+    res = fitted.find_label_issues(X, y, score="mean", n_samples=3)
+    assert set(res.scores) == set(SCORES) and calls == {"stochastic": 3, "knn": 2}
+    assert np.allclose(res.label_quality, (res.scores["closeness"] + res.scores["stochastic"]
+                                           + res.scores["agreement"]) / 3)
+    with pytest.raises(InputError, match="unknown score 'nope'"):
+        fitted.find_label_issues(X, y, extra_scores=["nope"])

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
@@ -196,7 +197,8 @@ def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samp
                  generator: torch.Generator | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The model's scores of the given labels ``y_idx`` (N,) (indices into ``est.classes_``) for X (N, D).
 
-    Returns ``({"closeness": (N,), "stochastic": (N,)}, predicted class indices (N,))``.
+    Returns ``({"closeness": (N,)[, "stochastic": (N,)]}, predicted class indices (N,))``; the stochastic
+    score only when ``n_samples >= 1`` (it costs ``n_samples`` more DDIM runs).
     """
     dc = est.config_.diffusion
     rows = np.arange(len(X))
@@ -205,11 +207,14 @@ def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samp
     # float64: in float32 every label farther than ~10 closeness units underflows to exactly 0, and the
     # most suspicious samples would tie instead of being ranked
     closeness = closeness_proba(y0.double(), dc.proba_temperature).numpy()[rows, y_idx]
-    hits = np.zeros(len(X))
-    for _ in range(n_samples):
-        y0_s = predict_y0(est.model_, X, dc, stochastic=True, generator=generator)
-        hits += readout(y0_s, dc.readout).numpy() == y_idx
-    return {"closeness": closeness.astype(np.float64), "stochastic": hits / max(n_samples, 1)}, pred
+    scores = {"closeness": closeness.astype(np.float64)}
+    if n_samples >= 1:
+        hits = np.zeros(len(X))
+        for _ in range(n_samples):
+            y0_s = predict_y0(est.model_, X, dc, stochastic=True, generator=generator)
+            hits += readout(y0_s, dc.readout).numpy() == y_idx
+        scores["stochastic"] = hits / n_samples
+    return scores, pred
 
 
 def _check_inputs(X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +243,7 @@ def find_label_issues(
     threshold: float | None = None,
     noise_rate: float | None = None,
     n_samples: int = DEFAULT_N_SAMPLES,
+    extra_scores: tuple[str, ...] | list[str] = (),
     true_labels=None,
     random_state: int = 0,
 ) -> LabelIssues:
@@ -250,10 +256,13 @@ def find_label_issues(
         trained (fitted on X, y first if it is not fitted yet); with ``cv=K`` unfitted clones of it are
         fitted on the folds. None: ``LRAClassifier(random_state=random_state)``.
     cv : None = in-sample scores from one model; K >= 2 = out-of-sample scores from K stratified folds.
-    score : ``stochastic`` | ``closeness`` | ``agreement`` | ``mean`` (mean of the three); all are computed
-        and kept in ``result.scores``, this one becomes ``label_quality``.
+    score : ``stochastic`` | ``closeness`` | ``agreement`` | ``mean`` (mean of the three); it becomes
+        ``label_quality``.
     threshold, noise_rate : the flag rule (see :func:`flag_issues`).
     n_samples : stochastic DDIM runs for the ``stochastic`` score.
+    extra_scores : other scores to compute too (e.g. ``SCORES`` for all); every computed score is kept in
+        ``result.scores``. Only what is needed is computed: ``stochastic`` costs ``n_samples`` DDIM runs
+        and ``agreement`` a k-NN search over X.
     true_labels : optional clean labels (N,), stored on the result for :meth:`LabelIssues.metrics`.
     random_state : seeds the folds and the stochastic runs.
 
@@ -263,8 +272,12 @@ def find_label_issues(
     """
     from .estimator import LRAClassifier
 
-    if score not in SCORES:
-        raise InputError(f"unknown score {score!r}; valid: {list(SCORES)}")
+    wanted = {score, *extra_scores}
+    if not wanted <= set(SCORES):
+        raise InputError(f"unknown score {sorted(wanted - set(SCORES))[0]!r}; valid: {list(SCORES)}")
+    if "mean" in wanted:
+        wanted |= {"closeness", "stochastic", "agreement"}
+    n_runs = n_samples if "stochastic" in wanted else 0
     if cv is not None and (not isinstance(cv, (int, np.integer)) or cv < 2):
         raise InputError(f"cv must be None (in-sample) or an integer >= 2, got {cv!r}")
     if n_samples < 1:
@@ -280,7 +293,7 @@ def find_label_issues(
     if cv is None:
         try:
             check_is_fitted(est)
-        except Exception:  # sklearn's NotFittedError: fit on the data to score
+        except NotFittedError:  # fit on the data to score
             est.fit(X, y)
         classes = est.classes_
         unknown = np.setdiff1d(y, classes)
@@ -288,7 +301,7 @@ def find_label_issues(
             raise InputError(f"labels {unknown[:5].tolist()} are not among the model's classes {classes[:10].tolist()}")
         Xc = est._check_X(X, reset=False)
         y_idx = np.searchsorted(classes, y)
-        scores, pred_idx = model_scores(est, Xc, y_idx, n_samples=n_samples, generator=gen)
+        scores, pred_idx = model_scores(est, Xc, y_idx, n_samples=n_runs, generator=gen)
         predicted = classes[pred_idx]
         k = est.config_.retrieval.k
         rc = est.config_.retrieval
@@ -298,7 +311,7 @@ def find_label_issues(
         if counts.min() < cv:
             raise InputError(f"cv={cv} folds need at least {cv} samples of every class; "
                              f"class {classes[np.argmin(counts)]!r} has {counts.min()}")
-        scores = {"closeness": np.zeros(len(y)), "stochastic": np.zeros(len(y))}
+        scores = {name: np.zeros(len(y)) for name in ("closeness", "stochastic")[: 2 if n_runs else 1]}
         predicted = np.empty(len(y), dtype=classes.dtype)
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
         fold_est = None
@@ -307,18 +320,19 @@ def find_label_issues(
             known = np.isin(y[held_rows], fold_est.classes_)  # stratified folds keep every class; be safe
             y_idx = np.searchsorted(fold_est.classes_, y[held_rows]).clip(0, len(fold_est.classes_) - 1)
             Xh = fold_est._check_X(X[held_rows], reset=False)
-            s, pred_idx = model_scores(fold_est, Xh, y_idx, n_samples=n_samples, generator=gen)
+            s, pred_idx = model_scores(fold_est, Xh, y_idx, n_samples=n_runs, generator=gen)
             for name in scores:
                 scores[name][held_rows] = np.where(known, s[name], 0.0)
             predicted[held_rows] = fold_est.classes_[pred_idx]
         rc = fold_est.config_.retrieval
         k = rc.k
-    if k >= 1:
+    if "agreement" in wanted:
+        if k < 1:
+            raise InputError("the agreement and mean scores need retrieval, but the model was trained with k=0")
         scores["agreement"] = agreement_scores(np.asarray(X, dtype=np.float32), np.searchsorted(classes, y),
                                                k=k, metric=rc.metric, backend=rc.backend)
+    if "mean" in wanted:
         scores["mean"] = (scores["closeness"] + scores["stochastic"] + scores["agreement"]) / 3
-    elif score in ("agreement", "mean"):
-        raise InputError(f"score {score!r} needs retrieval, but the model was trained with k=0")
     quality = scores[score]
     return LabelIssues(
         index=np.arange(len(y), dtype=np.int64), given_label=y, predicted_label=predicted,
