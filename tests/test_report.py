@@ -186,3 +186,14 @@ def test_cli_report(run, tmp_path):
         r = runner.invoke(app, ["report", *args])
         assert r.exit_code == 2 and r.output.startswith("error: ") and match in r.output, r.output
     assert not (tmp_path / "x.html").exists()
+
+
+def test_issues_that_do_not_match_the_run(run, tmp_path):
+    issues = LabelIssues.from_csv(run / "issues.csv")
+    issues.given_label = np.where(issues.given_label == 0, 7, issues.given_label)
+    with pytest.raises(InputError, match=r"given labels \[7\] are not among the run's classes"):
+        write_report(run, tmp_path / "r.html", issues=issues)
+    issues.given_label = issues.given_label.astype(str)
+    with pytest.raises(InputError, match="not integers"):
+        write_report(run, tmp_path / "r.html", issues=issues)
+    assert not (tmp_path / "r.html").exists()

@@ -273,7 +273,9 @@ def write_report(
 
     if issues is not None:
         def to_idx(values, what):
-            values = np.asarray(values).astype(classes.dtype) if classes.dtype.kind in "iu" else np.asarray(values)
+            values = np.asarray(values)
+            if classes.dtype.kind in "iu" and values.dtype.kind not in "iu":
+                raise InputError(f"{what} in the issues are not integers, but the run's classes are")
             unknown = np.setdiff1d(values, classes)
             if len(unknown):
                 raise InputError(f"{what} {unknown[:5].tolist()} are not among the run's classes")
