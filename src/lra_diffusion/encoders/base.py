@@ -268,6 +268,9 @@ class atomic_path:
             prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent
         )
         os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         self.tmp = Path(name)
         return self.tmp
 
