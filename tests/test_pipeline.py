@@ -261,12 +261,12 @@ def _missing_row(data: Path) -> str:
 
 def _unknown_class_id(data: Path) -> str:
     (data / "noisy.txt").write_text((data / "noisy.txt").read_text().replace("dog/02.png 1", "dog/02.png 7"))
-    return "class with no images"
+    return "label '7' is not one of the classes that have images (0 cat, 1 dog, 2 fox)"
 
 
 def _unknown_class_name(data: Path) -> str:
     (data / "noisy.txt").write_text((data / "noisy.txt").read_text().replace("dog/02.png 1", "dog/02.png wolf"))
-    return "'wolf' is a class with no images"
+    return "label 'wolf' is not one of the classes that have images"
 
 
 def _encoder_path_text_file(data: Path) -> str:
@@ -296,7 +296,7 @@ def _encoder_path_missing(data: Path) -> str:
     (lambda d: "does not embed images", ["--encoder", "minilm"]),
     (lambda d: "not a folder, a list file or a known dataset", ["--images", "{d}/nothing"]),
     (lambda d: "label file not found", ["--labels", "{d}/nothing.txt"]),
-    (lambda d: "class with no images in the test images", ["--test-images", "{d}/test", "--test-labels", "{d}/bad.txt"]),
+    (lambda d: "bad.txt line 1: label '5' is not one of the classes", ["--test-images", "{d}/test", "--test-labels", "{d}/bad.txt"]),
 ], ids=["corrupt-image", "truncated-image", "row-names-missing-image", "class-id-without-images",
         "class-name-without-images", "encoder-path-text-file", "encoder-path-bad-json", "encoder-path-missing",
         "text-encoder", "no-such-images", "no-such-labels", "test-label-unknown-class"])

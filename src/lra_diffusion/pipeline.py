@@ -376,7 +376,7 @@ def match_true_labels(train_set: ImageSet, true_labels: str | Path) -> np.ndarra
 
     if is_path_list(true_labels):
         rows = read_path_list(true_labels)
-        names, ids = label_ids(rows.labels, rows.linenos, true_labels, train_set.class_names, "true labels")
+        names, ids = label_ids(rows.labels, rows.linenos, true_labels, train_set.class_names)
         by_path = dict(zip(rows.paths, ids))
         paths = train_set.dataset.paths or []
         missing = [p for p in paths if p not in by_path]

@@ -98,9 +98,9 @@ def _folder(path, labels, labels_column, classes, require_labels, what) -> Image
         names = classes if classes is not None else (subfolders or None)
         if is_path_list(labels):
             rows = read_path_list(labels)
-            return _from_rows(path, rows, labels, names, True, f"{what} {path} labelled by {labels}", what)
+            return _from_rows(path, rows, labels, names, True, f"{what} {path} labelled by {labels}")
         tree = ImageFolder(path)
-        ids = _aligned(labels, labels_column, len(tree), names or tree.classes, what)
+        ids = _aligned(labels, labels_column, len(tree), names or tree.classes)
         return ImageSet(tree, ids, list(names or tree.classes), f"{what} {path} labelled by {labels}")
     is_tree = bool(subfolders) and (classes is None or set(subfolders) <= set(classes))
     if is_tree:
@@ -129,8 +129,8 @@ def _list_file(path, root, labels, labels_column, classes, require_labels, what)
     rows = read_path_list(path, require_labels=require_labels and labels is None)
     if labels is None:
         unlabelled = rows.labels is None
-        return _from_rows(base, rows, path, classes, not unlabelled, f"{what} listed in {path}", what)
-    listed = _from_rows(base, rows, path, classes, False, "", what)
+        return _from_rows(base, rows, path, classes, not unlabelled, f"{what} listed in {path}")
+    listed = _from_rows(base, rows, path, classes, False, "")
     if is_path_list(labels):
         lab = read_path_list(labels)
         where = {p: i for i, p in enumerate(rows.paths)}
@@ -142,11 +142,11 @@ def _list_file(path, root, labels, labels_column, classes, require_labels, what)
             raise InputError(f"{len(unlabelled)} image(s) listed in {path} have no label in {labels} "
                              f"(first: {unlabelled[0]})")
         order = np.asarray([where[p] for p in lab.paths])
-        names, ids = label_ids(lab.labels, lab.linenos, labels, classes, what)
+        names, ids = label_ids(lab.labels, lab.linenos, labels, classes)
         ds = listed.dataset.subset(order)
         return ImageSet(_relabel(ds, ids, names), ids, names, f"{what} listed in {path} labelled by {labels}")
     names = classes if classes is not None else None
-    ids = _aligned(labels, labels_column, len(listed), names, what)
+    ids = _aligned(labels, labels_column, len(listed), names)
     names = names or [str(c) for c in range(int(ids.max()) + 1)]
     return ImageSet(_relabel(listed.dataset, ids, names), ids, list(names), f"{what} listed in {path} labelled by {labels}")
 
@@ -172,14 +172,14 @@ def _known(name, split, root, labels, labels_column, classes, what) -> ImageSet:
         if missing:
             raise InputError(f"{labels} line {missing[0][0]}: {missing[0][1]} is not an image of {name}:{split} "
                              f"(paths look like {ds.paths[0]}){_more(len(missing) - 1, 'missing')}")
-        _, ids = label_ids(lab.labels, lab.linenos, labels, names, what)
+        _, ids = label_ids(lab.labels, lab.linenos, labels, names)
         ds = ds.subset(np.asarray([where[p] for p in lab.paths]))
     else:
-        ids = _aligned(labels, labels_column, len(ds), names, what)
+        ids = _aligned(labels, labels_column, len(ds), names)
     return ImageSet(_relabel(ds, ids, names), ids, names, f"{desc} labelled by {labels}")
 
 
-def _from_rows(root: Path, rows: PathList, source, classes, labelled: bool, desc: str, what: str) -> ImageSet:
+def _from_rows(root: Path, rows: PathList, source, classes, labelled: bool, desc: str) -> ImageSet:
     """An ImageSet of the rows' paths under ``root``; every file must exist."""
     seen: dict[str, int] = {}
     for lineno, p in zip(rows.linenos, rows.paths):
@@ -191,7 +191,7 @@ def _from_rows(root: Path, rows: PathList, source, classes, labelled: bool, desc
         n, p = missing[0]
         raise InputError(f"{source} line {n}: image {root / p} not found{_more(len(missing) - 1, 'missing')}")
     if labelled and rows.labels is not None:
-        names, ids = label_ids(rows.labels, rows.linenos, source, classes, what)
+        names, ids = label_ids(rows.labels, rows.linenos, source, classes)
     else:
         names, ids = list(classes or ["?"]), None
     ds = ImageDataset(root=root, labels=ids if ids is not None else np.zeros(len(rows.paths), np.int64),
@@ -211,8 +211,8 @@ def _more(n: int, what: str) -> str:
 
 
 # ---- label values --------------------------------------------------------------------------------
-def label_ids(values: list[str], linenos: list[int], source, classes: list[str] | None, what: str
-               ) -> tuple[list[str], np.ndarray]:
+def label_ids(values: list[str], linenos: list[int], source, classes: list[str] | None
+              ) -> tuple[list[str], np.ndarray]:
     """(class names, ids (N,)) for label values that are class ids or class names.
 
     With ``classes`` given, every value must name one of them (by id 0..C-1 or by name): a label of a
@@ -238,19 +238,19 @@ def label_ids(values: list[str], linenos: list[int], source, classes: list[str] 
             ids[k] = int(v)
         else:
             shown = ", ".join(f"{i} {c}" for i, c in enumerate(classes[:12])) + (", ..." if len(classes) > 12 else "")
-            raise InputError(f"{source} line {linenos[k]}: label {v!r} is a class with no images in the "
-                             f"{what} (classes: {shown})")
+            raise InputError(f"{source} line {linenos[k]}: label {v!r} is not one of the classes that have "
+                             f"images ({shown})")
     return list(classes), ids
 
 
-def _aligned(labels, column, n: int, classes: list[str] | None, what: str) -> np.ndarray:
+def _aligned(labels, column, n: int, classes: list[str] | None) -> np.ndarray:
     """Labels (n,) from a file aligned with the image order (npy / index CSV / one per line / .pt)."""
     ids = load_label_file(labels, num_samples=n, column=column)
     if classes is not None:
         bad = np.flatnonzero((ids < 0) | (ids >= len(classes)))
         if bad.size:
-            raise InputError(f"{labels}: label {ids[bad[0]]} of item {bad[0]} is a class with no images in the "
-                             f"{what} (classes 0..{len(classes) - 1}: {', '.join(classes[:12])})")
+            raise InputError(f"{labels}: label {ids[bad[0]]} of item {bad[0]} is not one of the classes that have "
+                             f"images (0..{len(classes) - 1}: {', '.join(classes[:12])})")
     return ids
 
 
