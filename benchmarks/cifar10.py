@@ -10,7 +10,7 @@ results/<encoder>/<setting>-seed<k>.json and regenerates the main table in BENCH
 import argparse
 from pathlib import Path
 
-from lra_diffusion.benchmark import CIFAR10_SETTINGS, cifar10_main
+from lra_diffusion.benchmark import CIFAR10_LRA_CONFIG, CIFAR10_SETTINGS, cifar10_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,10 @@ if __name__ == "__main__":
     ap.add_argument("--pca", type=int, default=512, help="PCA dimension of the features (0 = none)")
     ap.add_argument("--ablations", action="store_true", help="run the ablation table instead of the main one")
     ap.add_argument("--table-only", action="store_true", help="only regenerate the main table from results/")
+    ap.add_argument("--epochs", type=int, default=None, help="LRA training epochs (default: the benchmark config's)")
     a = ap.parse_args()
+    config = CIFAR10_LRA_CONFIG if a.epochs is None else {
+        **CIFAR10_LRA_CONFIG, "train": {**CIFAR10_LRA_CONFIG["train"], "epochs": a.epochs}}
     cifar10_main(encoder=a.encoder, seeds=a.seeds, settings=a.settings, shared_root=a.shared,
                  cache_dir=a.cache, results_dir=a.results, markdown=a.markdown, pca=a.pca or None,
-                 ablations=a.ablations, table_only=a.table_only)
+                 ablations=a.ablations, table_only=a.table_only, config=config)

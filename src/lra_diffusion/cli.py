@@ -474,6 +474,33 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+bench_app = typer.Typer(help="Accuracy benchmarks (the scripts in benchmarks/).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@command("cifar10", group=bench_app)
+def bench_cifar10(
+    encoder: Annotated[str, typer.Option(help="Encoder whose features every method uses.")] = "kmeans",
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed (repeatable); default 0.")] = None,
+    setting: Annotated[Optional[list[str]], typer.Option("--setting", help="Label setting (repeatable); default all.")] = None,
+    shared: Annotated[Path, typer.Option(help="The shared CIFAR-10 folder (train.csv, test.csv, noisy_labels/).")] = Path("../shared/data/cifar10"),
+    cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
+    results: Annotated[Path, typer.Option(help="Where results/<encoder>/<setting>-seed<k>.json go.")] = Path("results"),
+    markdown: Annotated[Path, typer.Option(help="Markdown file whose tables are regenerated.")] = Path("BENCHMARKS.md"),
+    pca: Annotated[int, typer.Option(help="PCA dimension of the features (0 = none).")] = 512,
+    ablations: Annotated[bool, typer.Option(help="Run the ablation table instead of the main one.")] = False,
+    table_only: Annotated[bool, typer.Option(help="Only regenerate the main table from the results.")] = False,
+) -> None:
+    """LRA-diffusion against baselines on the shared CIFAR-10 (same as benchmarks/cifar10.py)."""
+    from .benchmark import CIFAR10_SETTINGS, cifar10_main
+
+    if not (shared / "train.csv").is_file():
+        raise InputError(f"{shared} is not the shared CIFAR-10 folder (no train.csv); pass --shared")
+    cifar10_main(encoder=encoder, seeds=seeds or [0], settings=setting or list(CIFAR10_SETTINGS),
+                 shared_root=shared, cache_dir=cache_dir, results_dir=results, markdown=markdown,
+                 pca=pca or None, ablations=ablations, table_only=table_only)
+
+
 def main() -> None:
     app()
 
