@@ -62,32 +62,29 @@ def first_missing(path: Path) -> Path | None:
     return path
 
 
-def load_features(path: Path, what: str = "features") -> np.ndarray:
-    """A 2-D numeric feature array from ``.npy``, validated."""
+def load_checked(path: Path, what: str, *, kinds: str, ndim: int, expected: str) -> np.ndarray:
+    """A ``.npy`` array of dtype kind in ``kinds`` and ``ndim`` dimensions, non-empty, else InputError."""
     from .io import load_array
 
-    X = load_array(path, what=what)
-    if X.dtype.kind not in "biuf":
-        raise InputError(f"{what} file {path} holds {X.dtype} values; expected numbers")
-    if X.ndim != 2:
-        raise InputError(f"{what} in {path} must be 2-D (N, D), got shape {X.shape}")
-    if len(X) == 0:
+    a = load_array(path, what=what)
+    if a.dtype.kind not in kinds:
+        raise InputError(f"{what} file {path} holds {a.dtype} values; expected {expected}")
+    if a.ndim != ndim:
+        shape = "2-D (N, D)" if ndim == 2 else "1-D (N,)"
+        raise InputError(f"{what} in {path} must be {shape}, got shape {a.shape}")
+    if len(a) == 0:
         raise InputError(f"{what} file {path} is empty")
-    return X
+    return a
+
+
+def load_features(path: Path, what: str = "features") -> np.ndarray:
+    """A 2-D numeric feature array from ``.npy``, validated."""
+    return load_checked(path, what, kinds="biuf", ndim=2, expected="numbers")
 
 
 def load_labels(path: Path, what: str = "labels") -> np.ndarray:
     """A 1-D label array (numbers or strings) from ``.npy``, validated."""
-    from .io import load_array
-
-    y = load_array(path, what=what)
-    if y.dtype.kind not in "biuUS":
-        raise InputError(f"{what} file {path} holds {y.dtype} values; expected integers or strings")
-    if y.ndim != 1:
-        raise InputError(f"{what} in {path} must be 1-D (N,), got shape {y.shape}")
-    if len(y) == 0:
-        raise InputError(f"{what} file {path} is empty")
-    return y
+    return load_checked(path, what, kinds="biuUS", ndim=1, expected="integers or strings")
 
 
 def check_writable(path: Path, *, is_dir: bool = False) -> None:
