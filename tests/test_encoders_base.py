@@ -108,3 +108,22 @@ def test_precomputed_rejects_bad_files(tmp_path):
     (tmp_path / "f.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="cannot read"):
         get_encoder("precomputed", path=tmp_path / "f.npz")
+
+
+def test_precomputed_through_lra_embed(tmp_path):
+    from typer.testing import CliRunner
+
+    from lra_diffusion.cli import app
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "test.npy", rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8))
+    feats = rng.normal(size=(6, 3)).astype(np.float32)
+    np.save(tmp_path / "mine.npy", feats)
+    args = ["embed", "--encoder", "precomputed", "-o", f"path={tmp_path / 'mine.npy'}",
+            "--dataset", "npy", "--root", str(tmp_path), "--split", "test", "--cache-dir",
+            str(tmp_path / "cache"), "--quiet", "--out", str(tmp_path / "out.npy")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), feats)
+    res = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "o2.npy"), "-o", "dev=1"])
+    assert res.exit_code == 2 and "dev" in res.output

@@ -70,7 +70,7 @@ class PrecomputedEncoder(Encoder):
 
     name = "precomputed"
 
-    def __init__(self, *, path: str | os.PathLike[str], key: str | None = None, **_: Any):
+    def __init__(self, *, path: str | os.PathLike[str], key: str | None = None):
         self.path = str(path)
         self.key = key
         self.features_ = load_feature_file(path, key)
