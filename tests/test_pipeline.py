@@ -91,6 +91,7 @@ def test_python_run_writes_every_output(data):
     assert isinstance(result, lra_diffusion.RunResult)
     for name, path in result.paths.items():
         assert path.exists(), name
+    assert not (out / "checkpoints").exists()  # removed once the fit is finished and recorded
     assert set(result.timings) == {"check", "decode", "encoder", "embed", "train", "evaluate", "issues", "report"}
     assert result.encoded and result.fitted_encoder and not result.reused_fit
     assert result.class_names == list(CLASSES) and result.feature_dim == 8 * 8 * 3
@@ -158,13 +159,20 @@ def test_changed_labels_need_overwrite_and_then_retrain(data):
     assert "trained on 36 images" in res.stdout
 
 
-def test_unfinished_run_resumes_from_its_checkpoints(data):
+def test_unfinished_run_resumes_from_its_checkpoints(data, monkeypatch):
     out = data / "run"
     kw = dict(labels=data / "noisy.txt", encoder="pixels", out=out, config=TINY, cache_dir=data / "cache",
               progress=False)
-    lra_diffusion.run(data / "train", **kw)
-    for name in ("config.json", "model.safetensors", "metrics.json"):  # as if killed before the end
+    import lra_diffusion.pipeline as pipeline
+
+    # as if killed after the last checkpoint, before the run was saved
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "save_encoder", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            lra_diffusion.run(data / "train", **kw)
+    for name in ("config.json", "model.safetensors", "metrics.json"):
         (out / name).unlink()
+    assert any((out / "checkpoints").iterdir())
     again = lra_diffusion.run(data / "train", **kw)
     assert not again.reused_fit and again.classifier.fit_info_["resumed_from_step"] is not None
 

@@ -14,8 +14,8 @@
 6. ``evaluate``: test accuracy; ``issues``: score every training label (``issues.csv``);
    ``report``: ``report.html`` with thumbnails of the most suspicious images.
 
-The run folder is the one of ``lra fit`` (``config.json``, ``model.safetensors``, ``metrics.json``,
-``checkpoints/``) plus ``encoder/`` (the fitted encoder, so :func:`predict_images` can classify new
+The run folder is the one of ``lra fit`` (``config.json``, ``model.safetensors``, ``metrics.json``; its
+``checkpoints/`` only until the fit is finished, so a killed run resumes) plus ``encoder/`` (the fitted encoder, so :func:`predict_images` can classify new
 images), ``issues.csv`` and ``report.html``; ``config.json`` gains a ``pipeline`` block (encoder, class
 names, inputs), which :meth:`LRAClassifier.load` ignores.
 """
@@ -289,6 +289,9 @@ def run(
                             "holdout": holdout, "holdout_seed": holdout_seed},
             }
             write_json(out / "config.json", info)
+            # the fit is finished and recorded: its resume checkpoints (model, EMA, best weights and Adam
+            # moments, two of them) would only take disk space
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
     test_acc = None
     if X_test is not None:
