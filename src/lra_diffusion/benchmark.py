@@ -340,7 +340,8 @@ def reduce_features(train: np.ndarray, test: np.ndarray, dim: int | None, *, see
 
 def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_root: Path, cache_dir: Path,
                  results_dir: Path, markdown: Path, config: dict | None = None, pca: int | None = 512,
-                 ablations: bool = False, table_only: bool = False, verbose: bool = True) -> None:
+                 ablations: bool = False, variants: list[str] | None = None, table_only: bool = False,
+                 verbose: bool = True) -> None:
     """Embed once, run every (setting, seed), write one JSON per run, regenerate the main table.
 
     ``pca``: the features every method sees are the encoder's, reduced by PCA to this many dimensions
@@ -364,10 +365,11 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
           f"({time.perf_counter() - start:.0f} s incl. cache and PCA)", flush=True)
     config = config or CIFAR10_LRA_CONFIG
     if ablations:
-        rows = []
         for setting in settings:
-            rows += cifar10_ablations(setting, features, shared_root, seed=seeds[0], config=config)
-        write_result(out_dir / "ablations.json", {"encoder": encoder, "pca": pca, "seed": seeds[0], "rows": rows})
+            rows = cifar10_ablations(setting, features, shared_root, seed=seeds[0], config=config, variants=variants)
+            write_result(out_dir / f"ablations-{setting}.json",
+                         {"encoder": encoder, "pca": pca, "seed": seeds[0], "config": config, "rows": rows})
+        rows = [row for p in sorted(out_dir.glob("ablations-*.json")) for row in json.loads(p.read_text())["rows"]]
         replace_section(markdown, f"cifar10-ablations-{encoder}", ablation_table(rows))
         print(f"ablations done in {time.perf_counter() - start:.0f} s", flush=True)
         return
@@ -388,14 +390,14 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
     print(f"total {time.perf_counter() - start:.0f} s; table written to {markdown}", flush=True)
 
 
-ABLATION_TRAINING = {
-    "k=0 (no retrieval)": {"retrieval": {"k": 0}},
-    "k=5": {"retrieval": {"k": 5}},
-    "k=20": {"retrieval": {"k": 20}},
-    "k=50": {"retrieval": {"k": 50}},
-    "uniform weights": {"retrieval": {"weighting": False}},
-    "no EMA": {"train": {"use_ema": False}},
-    "x-encoding frozen random": {"model": {"x_encoder": "frozen"}},
+ABLATION_TRAINING = {  # key: (row label, config change)
+    "k0": ("k=0 (no retrieval)", {"retrieval": {"k": 0}}),
+    "k5": ("k=5", {"retrieval": {"k": 5}}),
+    "k20": ("k=20", {"retrieval": {"k": 20}}),
+    "k50": ("k=50", {"retrieval": {"k": 50}}),
+    "uniform": ("uniform weights", {"retrieval": {"weighting": False}}),
+    "no-ema": ("no EMA", {"train": {"use_ema": False}}),
+    "frozen-x": ("x-encoding frozen random", {"model": {"x_encoder": "frozen"}}),
 }
 ABLATION_INFERENCE = {
     "DDIM 1 step": {"ddim_steps": 1},
@@ -405,8 +407,10 @@ ABLATION_INFERENCE = {
 }
 
 
-def cifar10_ablations(setting: str, features, shared_root: Path, *, seed: int, config: dict) -> list[dict]:
-    """Ablation rows on one setting: the main config, retrained variants, and inference-only variants."""
+def cifar10_ablations(setting: str, features, shared_root: Path, *, seed: int, config: dict,
+                      variants: list[str] | None = None) -> list[dict]:
+    """Ablation rows on one setting: the main config, inference-only variants, and the retrained
+    ``variants`` (keys of ABLATION_TRAINING; all when None)."""
     from .config import Config
 
     split = cifar10_split(setting, *features, shared_root, seed=seed)
@@ -418,7 +422,8 @@ def cifar10_ablations(setting: str, features, shared_root: Path, *, seed: int, c
         est.config_ = base.replace(diffusion=change)
         rows.append({"setting": setting, "variant": name, "test_accuracy": float(est.score(split.X_test, split.y_test))})
     est.config_ = base
-    for name, change in ABLATION_TRAINING.items():
+    for key in variants if variants is not None else list(ABLATION_TRAINING):
+        name, change = ABLATION_TRAINING[key]
         rows.append({"setting": setting, "variant": name, **run_lra(split, config=base.replace(**change), seed=seed)})
         print(f"  ablation {setting} {name}: {rows[-1]['test_accuracy']:.4f}", flush=True)
     return rows
