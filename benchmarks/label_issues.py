@@ -57,8 +57,9 @@ def digits_setting(seed: int):
 def cifar10n_setting(features: Path, column: str, pca: int | None, seed: int, want_images: bool):
     from lra_diffusion.data import load_cifar_n, load_shared_cifar10
 
-    images = load_shared_cifar10(SHARED, "train", progress=False)[0] if want_images or str(features) == "pixels" else None
-    if str(features) == "pixels":  # the fallback encoder: raw pixels in [0, 1]
+    pixels = str(features) == "pixels"
+    images = load_shared_cifar10(SHARED, "train", progress=False)[0] if want_images or pixels else None
+    if pixels:  # the fallback encoder: raw pixels in [0, 1]
         X = images.reshape(len(images), -1).astype(np.float32) / 255
     else:
         X = np.load(features, mmap_mode="r")
@@ -92,7 +93,10 @@ def format_rows(rows: list[dict], markdown: bool) -> str:
         out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([fmt(head)] + [fmt(c) for c in lines])
 
 
@@ -120,7 +124,8 @@ def write_benchmarks(key: str, title: str, body: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("setting", choices=["digits", "cifar10n"])
-    p.add_argument("--features", type=Path, help="cifar10n: (50000, D) .npy features of the training images, or 'pixels'")
+    p.add_argument("--features", type=Path,
+                   help="cifar10n: (50000, D) .npy features of the training images, or 'pixels'")
     p.add_argument("--column", default="worse", help="cifar10n label column (worse, aggre, random1)")
     p.add_argument("--pca", type=int, default=None, help="cifar10n: reduce the features to this many dims first")
     p.add_argument("--steps", type=int, default=None, help="our training steps (default: the config's auto_steps)")

@@ -154,7 +154,8 @@ def test_renders_in_headless_chromium(run, tmp_path):
     if browser is None:
         pytest.skip("chromium not installed: HTML structure checked, screenshot skipped")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
     shot = tmp_path / "shot.png"
     proc = subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", out.as_uri()],
                           capture_output=True, text=True, timeout=120)

@@ -326,7 +326,8 @@ def write_report(
     page = env.get_template("report.html").render(
         title=f"LRA-diffusion run report: {run_dir.name or run_dir}",
         summary=summary, config=info.get("config", {}), accuracy_rows=accuracy_rows,
-        issue_summary=issue_summary, issue_rows=issue_rows, has_true=issues is not None and issues.true_label is not None,
+        issue_summary=issue_summary, issue_rows=issue_rows,
+        has_true=issues is not None and issues.true_label is not None,
         figures={f.id: f for f in figures}, has_issues=issues is not None, has_images=images is not None,
         has_texts=texts is not None,
     )
