@@ -14,10 +14,11 @@
    50,000 labels;
 4. compare features, model weights, test accuracy and label-issue F1; print and write a JSON record.
 
-Both paths run in one process, so they use the same code. Never run as a unit test: on 2 CPU cores it
-takes tens of minutes (most of it the two LRA fits and the k-NN searches).
+``--pca 512`` adds the PCA of the benchmark table (``cifar10_main``'s ``reduce_features``) to both paths
+(``lra run --pca 512``). Both paths run in one process, so they use the same code. Never run as a unit
+test: on 2 CPU cores it takes tens of minutes (most of it the two LRA fits and the k-NN searches).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/pipeline_cifar10.py
+    OMP_NUM_THREADS=1 nice python benchmarks/pipeline_cifar10.py [--pca 512]
 """
 
 from __future__ import annotations
@@ -55,15 +56,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", type=Path, default=Path("/tmp/cifar10-tree"))
     ap.add_argument("--shared", type=Path, default=SHARED)
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "cifar10n-worse")
+    ap.add_argument("--out", type=Path, default=None, help="default runs/cifar10n-worse[-pca<P>]")
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--result", type=Path, default=REPO / "results" / "pipeline" / "cifar10n-worse-seed0.json")
+    ap.add_argument("--pca", type=int, default=None, help="PCA dims (the benchmark table uses 512)")
+    ap.add_argument("--result", type=Path, default=None,
+                    help="default results/pipeline/cifar10n-worse[-pca<P>]-seed<S>.json")
     ap.add_argument("--skip-benchmark", action="store_true", help="only the journey")
     a = ap.parse_args()
+    tag = f"cifar10n-worse{f'-pca{a.pca}' if a.pca else ''}"
+    a.result = a.result or REPO / "results" / "pipeline" / f"{tag}-seed{a.seed}.json"
+    a.out = a.out or REPO / "runs" / tag
 
     from lra_diffusion import run
-    from lra_diffusion.benchmark import CIFAR10_LRA_CONFIG, cifar10_features, cifar10_split, environment
+    from lra_diffusion.benchmark import (CIFAR10_LRA_CONFIG, cifar10_features, cifar10_split, environment,
+                                         reduce_features)
     from lra_diffusion.config import Config
     from lra_diffusion.data import load_cifar_n
     from lra_diffusion.estimator import LRAClassifier
@@ -79,20 +86,20 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run(a.tree / "train", labels=a.tree / "worse.txt", true_labels=a.tree / "clean.txt",
                  test_images=a.tree / "test", encoder="kmeans", config=config_file, holdout=5000, seed=a.seed,
-                 out=a.out, cache_dir=a.cache, progress=True)
+                 out=a.out, cache_dir=a.cache, progress=True, pca=a.pca)
     journey_seconds = time.perf_counter() - t0
     print(result.summary(), flush=True)
     record = {
         "command": (f"lra run --images {a.tree}/train --labels {a.tree}/worse.txt --true-labels {a.tree}/clean.txt "
                     f"--test-images {a.tree}/test --encoder kmeans --config configs/cifar10-benchmark.toml "
-                    f"--holdout 5000 --seed {a.seed} --out {a.out}"),
+                    f"--holdout 5000 --seed {a.seed}{f' --pca {a.pca}' if a.pca else ''} --out {a.out}"),
         "journey": {"seconds": journey_seconds, "stage_seconds": result.timings, "test_accuracy": result.test_accuracy,
                     "val_accuracy": result.val_accuracy, "issue_metrics": result.issue_metrics,
                     "reused_fit": result.reused_fit, "encoded": result.encoded},
     }
     if not a.skip_benchmark:
         t0 = time.perf_counter()
-        X, X_test = cifar10_features("kmeans", a.shared, a.cache)
+        X, X_test = reduce_features(*cifar10_features("kmeans", a.shared, a.cache), a.pca)  # as cifar10_main
         split = cifar10_split("c10n-worse", X, X_test, a.shared, seed=a.seed)
         t_feat = time.perf_counter() - t0
         # the fit of lra_diffusion.benchmark.run_lra, kept here to score the labels with the same model

@@ -21,7 +21,7 @@ from lra_diffusion.config import Config
 from lra_diffusion.encoders import PixelEncoder
 from lra_diffusion.estimator import LRAClassifier
 from lra_diffusion.issues import LabelIssues
-from lra_diffusion.pipeline import holdout_rows
+from lra_diffusion.pipeline import apply_pca, fit_pca_cached, holdout_rows, predict_images
 from lra_diffusion.sources import is_path_list, open_image_set, read_path_list
 
 runner = CliRunner()
@@ -203,6 +203,32 @@ def test_streaming_when_images_do_not_fit_in_memory(data, monkeypatch):
     result = lra_diffusion.run(data / "train", labels=data / "noisy.txt", encoder="pixels", out=data / "run",
                                config=TINY, cache_dir=data / "cache", progress=False)
     assert result.encoded and len(result.issues) == 36
+
+
+def test_pca_is_saved_reused_and_applied_by_predict(data, monkeypatch):
+    kw = dict(labels=data / "noisy.txt", encoder="pixels", out=data / "run", config=TINY,
+              cache_dir=data / "cache", progress=False, pca=6)
+    first = lra_diffusion.run(data / "train", **kw)
+    assert first.classifier.n_features_in_ == 6 and (data / "run" / "pca.safetensors").exists()
+    forbid_long_work(monkeypatch)
+    again = lra_diffusion.run(data / "train", **kw)
+    assert again.reused_fit and not again.encoded
+    monkeypatch.undo()
+    pred = predict_images(data / "run", data / "train", progress=False)
+    np.testing.assert_array_equal(pred.labels, first.issues.predicted_label)
+
+
+def test_pca_is_the_benchmark_reduction(tmp_path):
+    from lra_diffusion.benchmark import reduce_features
+
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(300, 40)).astype(np.float32), rng.normal(size=(50, 40)).astype(np.float32)
+    want_train, want_test = reduce_features(train, test, 8)
+    mean, components = fit_pca_cached(train, 8, cache_dir=tmp_path)
+    np.testing.assert_array_equal(apply_pca(train, mean, components), want_train)
+    np.testing.assert_array_equal(apply_pca(test, mean, components), want_test)
+    cached = fit_pca_cached(train, 8, cache_dir=tmp_path)  # from the cache file: the same numbers
+    np.testing.assert_array_equal(apply_pca(test, *cached), want_test)
 
 
 # ---- acceptance 3: lra predict --images ------------------------------------------------------------

@@ -231,6 +231,8 @@ def run_images(
                                                                              "(repeatable), e.g. -o n_centroids=400.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize (shorter side) and centre-crop every image to "
                                                            "SxS first (images of mixed sizes).")] = None,
+    pca: Annotated[Optional[int], typer.Option(help="Reduce the features to this many principal components "
+                                                    "(fitted on the unlabelled training features) before training.")] = None,
     device: Annotated[str, typer.Option(help="Encoder device: auto | cpu | cuda | cuda:I.")] = "cpu",
     cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
     score: Annotated[str, typer.Option(help="Label-issue score: closeness | stochastic | agreement | mean.")] = "closeness",
@@ -254,7 +256,7 @@ def run_images(
                  test_images=test_images, test_labels=test_labels, config=config, seed=seed,
                  cache_dir=cache_dir, progress=not quiet, root=root, test_root=test_root,
                  labels_column=labels_column, true_labels=true_labels, encoder_options=options,
-                 image_size=image_size, holdout=holdout, holdout_seed=holdout_seed, score=score,
+                 image_size=image_size, pca=pca, holdout=holdout, holdout_seed=holdout_seed, score=score,
                  threshold=threshold, noise_rate=noise_rate, overwrite=overwrite)
     typer.echo(result.summary())
 

@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .config import Config
 from .errors import InputError
 from .estimator import LRAClassifier
-from .io import atomic_write, read_json, sha256_array, write_json
+from .io import atomic_write, load_tensors, read_json, save_tensors, sha256_array, write_json
 from .issues import CSV_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_SCORE, LabelIssues
 from .sources import ImageSet, open_image_set
 
@@ -52,11 +53,13 @@ IN_MEMORY_BYTES = 4 * 2**30  # decoded training images up to this size are held 
 THUMBNAIL = 64  # report thumbnails: images larger than this (or of mixed sizes) are resized to it
 RUN_FORMAT = "lra-run/1"
 ENCODER_DIR = "encoder"
+PCA_FILE = "pca.safetensors"  # with --pca: the mean (D,) and components (P, D) the features are projected on
+PCA_SEED = 0  # random_state of the randomized PCA, as lra_diffusion.benchmark.reduce_features
 # what `overwrite=True` removes from a run folder (and nothing else)
 # metrics.json keys written by the pipeline (replaced on every run)
 PIPELINE_METRICS = ("test_accuracy", "n_test", "label_issue", "reused_fit", "seconds_")
 RUN_OUTPUTS = ("config.json", "model.safetensors", "metrics.json", "issues.csv", "report.html",
-               ENCODER_DIR, "checkpoints")
+               ENCODER_DIR, PCA_FILE, "checkpoints")
 
 
 @dataclass
@@ -152,6 +155,7 @@ def run(
     true_labels: str | Path | None = None,
     encoder_options: dict[str, Any] | None = None,
     image_size: int | None = None,
+    pca: int | None = None,
     holdout: int | None = None,
     holdout_seed: int | None = None,
     score: str = DEFAULT_SCORE,
@@ -184,6 +188,9 @@ def run(
     encoder_options : keyword options of the encoder (e.g. ``{"device": "cuda"}``).
     image_size : resize (shorter side) and centre-crop every image to this square size first; needed by
         the pixels / kmeans / simclr encoders when the images differ in size.
+    pca : reduce the features to this many principal components first (PCA fitted on the unlabelled
+        training features, as the CIFAR-10 benchmark's ``reduce_features``); saved in the run folder and
+        applied by :func:`predict_images`.
     holdout, holdout_seed : hold out this many training images (a permutation seeded by
         ``holdout_seed``, default ``seed``) as the noisy validation set for model selection; this is the
         split of :func:`lra_diffusion.benchmark.cifar10_split`. None: the classifier's own
@@ -254,6 +261,11 @@ def run(
         log(f"[embed] train {X.shape}" + (f", test {X_test.shape}" if X_test is not None else "")
             + ("" if new_train or new_test else " (all from the cache)"))
     del train_pixels, test_pixels
+    if pca is not None:
+        with stages("pca", f"PCA of the {X.shape[1]}-d features to {pca} components"):
+            components = fit_pca_cached(X, pca, cache_dir=cache_dir / enc.name)
+            X = apply_pca(X, *components)
+            X_test = apply_pca(X_test, *components) if X_test is not None else None
 
     X_tr, y_tr = X[rows], y[rows]
     X_val, y_val = (X[val_rows], y[val_rows]) if val_rows is not None else (None, None)
@@ -261,7 +273,7 @@ def run(
         "features_sha256": sha256_array(X_tr), "labels_sha256": sha256_array(y_tr),
         "val_features_sha256": sha256_array(X_val) if X_val is not None else None,
         "val_labels_sha256": sha256_array(y_val) if y_val is not None else None,
-        "config": cfg.to_dict(), "seed": int(seed),
+        "config": cfg.to_dict(), "seed": int(seed), "pca": pca,
     }
     est = finished_fit(out, inputs)
     reused = est is not None
@@ -277,11 +289,13 @@ def run(
                     raise InputError(f"{e}; pass --overwrite to start over") from None
                 raise
             save_encoder(enc, out / ENCODER_DIR)
+            if pca is not None:
+                save_tensors(out / PCA_FILE, dict(zip(("mean", "components"), map(torch.from_numpy, components))))
             info = read_json(out / "config.json")
             info["pipeline"] = {
                 "format": RUN_FORMAT,
                 "encoder": {"name": enc.name, "dir": ENCODER_DIR, "fingerprint": enc.fingerprint(),
-                            "image_size": image_size},
+                            "image_size": image_size, "pca": PCA_FILE if pca is not None else None},
                 "class_names": train_set.class_names,
                 "inputs": inputs,
                 "sources": {"images": str(images), "labels": _str(labels), "true_labels": _str(true_labels),
@@ -478,6 +492,41 @@ def embed_cached(encoder, images, *, cache_dir: Path, split: str, transform: str
             return np.load(folder / "features.npy", mmap_mode="r"), False
     return embed(encoder, images, cache_dir=cache_dir, split=split, dataset="images", transform=transform,
                  progress=progress), True
+
+
+# ---- PCA -------------------------------------------------------------------------------------------
+def fit_pca_cached(X: np.ndarray, dim: int, *, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), components (dim, D)) of a randomized PCA of the training features X (N, D), computed
+    once per (features, dim): the result is kept under ``cache_dir`` keyed by the features' hash."""
+    from sklearn.decomposition import PCA
+
+    if not 1 <= dim <= min(X.shape):
+        raise InputError(f"pca must be between 1 and {min(X.shape)} for {X.shape[0]} x {X.shape[1]} features, got {dim}")
+    path = cache_dir / f"pca-{dim}-{sha256_array(X)[:16]}.safetensors"
+    if path.is_file():
+        try:
+            tensors, _ = load_tensors(path)
+            return tensors["mean"].numpy(), tensors["components"].numpy()
+        except (InputError, KeyError):
+            pass
+    fitted = PCA(n_components=dim, svd_solver="randomized", random_state=PCA_SEED).fit(X)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, {"mean": torch.from_numpy(fitted.mean_), "components": torch.from_numpy(fitted.components_)})
+    return fitted.mean_, fitted.components_
+
+
+def apply_pca(X: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """float32 (N, P) projections of X (N, D): scikit-learn's ``PCA.transform`` with the given mean and
+    components (so the numbers are those of the benchmark's ``reduce_features``)."""
+    from sklearn.decomposition import PCA
+
+    projector = PCA(n_components=len(components))
+    # scikit-learn's randomized PCA leaves components_ as a column-major slice; a row-major copy (what a
+    # saved file gives back) makes BLAS take another kernel and round differently in the last bit
+    projector.mean_, projector.components_ = mean, np.asfortranarray(components)
+    projector.n_features_in_ = components.shape[1]
+    projector.n_components_ = len(components)
+    return projector.transform(X).astype(np.float32)
 
 
 # ---- images ----------------------------------------------------------------------------------------
@@ -706,11 +755,12 @@ def predict_images(
     names = list(pipeline["class_names"])
     image_set = open_image_set(images, root=root, classes=names, require_labels=False, what="images")
     enc = load_run_encoder(run_dir, pipeline, **(encoder_options or {}))
-    if enc.dim != est.n_features_in_:
-        raise InputError(f"the encoder of {run_dir} gives {enc.dim} features but the model takes {est.n_features_in_}")
     size = pipeline["encoder"].get("image_size")
     pixels = decode_images(image_set, size=size, ragged_ok=enc.ragged_input, progress=progress, encoder=enc.name)
     X = enc.encode(pixels, progress=progress)
+    if pipeline["encoder"].get("pca"):
+        tensors, _ = load_tensors(run_dir / pipeline["encoder"]["pca"])
+        X = apply_pca(X, tensors["mean"].numpy(), tensors["components"].numpy())
     labels = est.predict(X)
     return ImagePredictions(
         image_names=image_set.names(), labels=np.asarray(labels), class_names=names,
