@@ -42,7 +42,7 @@ from lra_diffusion.io import atomic_write
 from lra_diffusion.issues import DEFAULT_SCORE, SCORES, cleanlab_issues, find_label_issues, issue_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/cifar10")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 DATE = "2026-11-24"
 MACHINE = "2-core CPU, 1 thread (OMP_NUM_THREADS=1)"
 

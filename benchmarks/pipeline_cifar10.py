@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/cifar10")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 def prepare(tree: Path, shared: Path) -> None:

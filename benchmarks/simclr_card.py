@@ -58,7 +58,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=shipped_weights_path())
-    ap.add_argument("--root", default="/work/shared/data/cifar10")
+    ap.add_argument("--root", default="../shared/data/cifar10")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--k", type=int, default=200)
