@@ -29,9 +29,11 @@ if __name__ == "__main__":
                     help="retrained ablation variants (k0 k5 k20 k50 uniform no-ema frozen-x; default all)")
     ap.add_argument("--table-only", action="store_true", help="only regenerate the main table from results/")
     ap.add_argument("--epochs", type=int, default=None, help="LRA training epochs (default: the benchmark config's)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes (one torch thread each) running settings side by side")
     a = ap.parse_args()
     config = CIFAR10_LRA_CONFIG if a.epochs is None else {
         **CIFAR10_LRA_CONFIG, "train": {**CIFAR10_LRA_CONFIG["train"], "epochs": a.epochs}}
     cifar10_main(encoder=a.encoder, seeds=a.seeds, settings=a.settings, shared_root=a.shared,
                  cache_dir=a.cache, results_dir=a.results, markdown=a.markdown, pca=a.pca or None,
-                 ablations=a.ablations, variants=a.variants, table_only=a.table_only, config=config)
+                 ablations=a.ablations, variants=a.variants, table_only=a.table_only, config=config, jobs=a.jobs)

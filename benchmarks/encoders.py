@@ -148,13 +148,15 @@ def main() -> None:
     from lra_diffusion.encoders import embed, fit_cached, get_encoder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="/work/shared/data/cifar10")
+    parser.add_argument("--root", default="../shared/data/cifar10")
     parser.add_argument("--encoders", default="kmeans,pixels")
     parser.add_argument("--cache-dir", default="cache/features")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loss", default="softmax", choices=["softmax", "sqhinge"])
     parser.add_argument("--l2-grid", default="1e-4,3e-4,1e-3,3e-3")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--embed-only", action="store_true",
+                        help="fit + embed (timed) and stop; point --cache-dir at an empty folder for a cold run")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -182,6 +184,12 @@ def main() -> None:
         rows.append({"encoder": name, "dim": enc.dim, "fit_s": round(t_fit),
                      "embed_s": round(t_embed), "embed_cpu_s": round(c_embed),
                      "config": enc.config()})
+    if args.embed_only:
+        rows = [{k: r[k] for k in ("encoder", "dim", "fit_s", "embed_s", "embed_cpu_s")} for r in rows]
+        print(json.dumps(rows))
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        return
     # 2. ... then measure the clean-label ceilings
     l2_grid = tuple(float(v) for v in args.l2_grid.split(","))
     for row in rows:

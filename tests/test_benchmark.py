@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from lra_diffusion.benchmark import (
     SoftmaxRegression,
     Split,
+    _run_tasks,
+    ceiling_key,
     cifar10_split,
     cifar10_table,
     replace_section,
@@ -88,3 +90,31 @@ def test_cli_bench_table_only(tmp_path):
                                    "--markdown", str(md), "--shared", str(SHARED)])
     assert res.exit_code == 0, res.output
     assert "cifar10-main-kmeans" in md.read_text() and "90.00%" in md.read_text()
+
+
+def test_ceiling_is_shared_only_by_settings_with_the_same_computation():
+    assert ceiling_key("pmd-0.35", 0) == ceiling_key("pmd-0.70", 0) != ceiling_key("pmd-0.35", 1)
+    assert ceiling_key("c10n-worse", 0) != ceiling_key("c10n-aggre", 0)  # different noisy validation labels
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/cifar10 is not beside the repo")
+def test_worker_processes_reproduce_the_in_process_run():
+    import torch
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((50_000, 4)).astype(np.float32), rng.standard_normal((10_000, 4)).astype(np.float32)
+    config = {"train": {"epochs": 1, "batch_size": 1024, "evals": 1}, "model": {"feature_dim": 8},
+              "retrieval": {"k": 2}}
+    tasks = [("lra", "pmd-0.35", 0, config), ("lra", "c10n-worse", 1, config)]
+    results = {1: {}, 2: {}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count
+    try:
+        for jobs in (1, 2):
+            _run_tasks(tasks, feats, SHARED, jobs, lambda task, r, jobs=jobs: results[jobs].update({task[1]: r}))
+    finally:
+        torch.set_num_threads(threads)
+    for setting in ("pmd-0.35", "c10n-worse"):
+        a, b = results[1][setting], results[2][setting]
+        a["lra"].pop("seconds"), b["lra"].pop("seconds")
+        assert a == b and a["setting"] == setting

@@ -89,6 +89,19 @@ def test_learns_separable_blobs():
     assert not result.model.training
 
 
+def test_compiled_forward_trains_like_the_eager_one():
+    """``[runtime] compile = true`` on the CPU: the torch.compile wrapper shares the model's parameters."""
+    config = Config.from_dict(TINY).replace(train={"epochs": 50, "lr": 1e-2}, model={"feature_dim": 32})
+    assert run(config.replace(runtime={"compile": True})).best_val_accuracy > 0.9
+    short = config.replace(train={"epochs": 1})
+    eager, compiled = run(short), run(short.replace(runtime={"compile": True}))
+    X, _ = make_blobs()
+    # the same steps up to float rounding (not parameter by parameter: a bias followed by BatchNorm has a
+    # zero gradient in exact arithmetic, so Adam moves it by rounding noise)
+    a, b = (predict_y0(r.model, X, short.diffusion) for r in (eager, compiled))
+    assert torch.allclose(a, b, atol=1e-3)
+
+
 def test_same_seed_is_bit_identical_and_another_seed_is_not():
     a, b, c = run(), run(), run(seed=1)
     assert_same_result(a, b)

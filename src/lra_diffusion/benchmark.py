@@ -281,18 +281,73 @@ def cifar10_features(encoder_name: str, shared_root: Path, cache_dir: Path, *, p
 def run_cifar10_setting(setting: str, features, shared_root: Path, *, seed: int, config: dict,
                         baselines: bool = True, verbose: bool = False) -> dict:
     """LRA-diffusion and (optionally) every baseline on one label setting; one result record."""
+    record = _setting_task("noisy" if baselines else "lra", setting, seed, config, features, shared_root, verbose)
+    if baselines:
+        record["baselines"].update(_setting_task("ceiling", setting, seed, config, features, shared_root))
+    return record
+
+
+NOISY_BASELINES = ("linear", "mlp", "knn", "cleanlab")
+
+
+def _setting_task(kind: str, setting: str, seed: int, config: dict, features=None, shared_root: Path | None = None,
+                  verbose: bool = False) -> dict:
+    """One unit of benchmark work: ``lra`` (LRA only), ``noisy`` (LRA + the noisy-label baselines) or
+    ``ceiling`` (the clean-label heads). Without ``features`` it uses the worker's (see ``_init_worker``)."""
     from .config import Config
 
+    if features is None:
+        features, shared_root = _WORKER["features"], _WORKER["shared_root"]
     split = cifar10_split(setting, *features, shared_root, seed=seed)
+    if kind == "ceiling":
+        return run_baselines(split, seed=seed, methods=("ceiling",))
     cfg = Config.from_dict(config)
     record = {"setting": setting, "seed": seed, "config": cfg.to_dict(),
               "noise_rate": float((split.y_train != split.y_train_clean).mean()),
               "n_train": len(split.y_train), "feature_dim": int(split.X_train.shape[1]),
               "val": "clean" if split.val_is_clean else "noisy held-out slice",
               "lra": run_lra(split, config=cfg, seed=seed, verbose=verbose)}
-    if baselines:
-        record["baselines"] = run_baselines(split, seed=seed)
+    if kind == "noisy":
+        record["baselines"] = run_baselines(split, seed=seed, methods=NOISY_BASELINES)
     return record
+
+
+def ceiling_key(setting: str, seed: int) -> tuple:
+    """Settings whose clean-label ceiling is the same computation share this key: same training rows,
+    same validation labels for model selection (all PMD files; each CIFAR-10N column has its own noisy
+    validation labels), same seed."""
+    return ("pmd", seed) if CIFAR10_SETTINGS[setting][0] == "pmd" else (setting, seed)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(train_path: str, test_path: str, shared_root: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(features=(np.load(train_path, mmap_mode="r"), np.load(test_path, mmap_mode="r")),
+                   shared_root=shared_root)
+
+
+def _run_tasks(tasks: list[tuple], features, shared_root: Path, jobs: int, on_done: Callable) -> None:
+    """Run ``(kind, setting, seed, config)`` tasks, in this process or in ``jobs`` worker processes
+    (one torch thread each; results are identical to a one-thread run in this process)."""
+    if jobs <= 1:
+        for task in tasks:
+            on_done(task, _setting_task(*task, features, shared_root))
+        return
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with tempfile.TemporaryDirectory(prefix="lra-bench-") as tmp:
+        paths = [str(Path(tmp) / f"{name}.npy") for name in ("train", "test")]
+        for path, array in zip(paths, features):
+            np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(*paths, shared_root, 1)) as pool:
+            futures = {pool.submit(_setting_task, *task): task for task in tasks}
+            for future in as_completed(futures):
+                on_done(futures[future], future.result())
 
 
 def _median(values):
@@ -341,11 +396,12 @@ def reduce_features(train: np.ndarray, test: np.ndarray, dim: int | None, *, see
 def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_root: Path, cache_dir: Path,
                  results_dir: Path, markdown: Path, config: dict | None = None, pca: int | None = 512,
                  ablations: bool = False, variants: list[str] | None = None, table_only: bool = False,
-                 verbose: bool = True) -> None:
+                 jobs: int = 1, verbose: bool = True) -> None:
     """Embed once, run every (setting, seed), write one JSON per run, regenerate the main table.
 
     ``pca``: the features every method sees are the encoder's, reduced by PCA to this many dimensions
     (fitted on the unlabelled training images' features), so that a 2-core CPU can afford them.
+    ``jobs``: worker processes (one torch thread each) that run settings side by side.
     """
     from .errors import InputError
 
@@ -373,18 +429,36 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
         replace_section(markdown, f"cifar10-ablations-{encoder}", ablation_table(rows))
         print(f"ablations done in {time.perf_counter() - start:.0f} s", flush=True)
         return
-    for seed in seeds:
-        for setting in settings:
-            t0 = time.perf_counter()
-            record = run_cifar10_setting(setting, features, shared_root, seed=seed, config=config)
-            record.update(encoder=encoder, pca=pca)
-            write_result(out_dir / f"{setting}-seed{seed}.json", record)
+    # every (setting, seed) runs LRA + the noisy-label baselines; settings that share a clean-label
+    # ceiling (same rows, validation labels and seed) share one ceiling computation
+    ceilings = {ceiling_key(st, sd): (st, sd) for sd in seeds for st in settings}
+    tasks = [task for sd in seeds for task in [("ceiling", st, s, config) for st, s in ceilings.values() if s == sd]
+             + [("noisy", st, sd, config) for st in settings]]
+    pending, done_ceilings = {}, {}
+
+    def on_done(task, result):
+        kind, setting, seed, _ = task
+        if kind == "ceiling":
+            done_ceilings[ceiling_key(setting, seed)] = result
+        else:
+            pending[(setting, seed)] = result
+        for (st, sd), record in list(pending.items()):
+            ceiling = done_ceilings.get(ceiling_key(st, sd))
+            if ceiling is None:
+                continue
+            del pending[(st, sd)]
+            record["baselines"].update(ceiling)
+            record.update(encoder=encoder, pca=pca, jobs=jobs)
+            write_result(out_dir / f"{st}-seed{sd}.json", record)
             b = record["baselines"]
-            print(f"[{time.perf_counter() - start:6.0f} s] {setting} seed {seed}: LRA {record['lra']['test_accuracy']:.4f}"
-                  f" | linear {b['linear']['test_accuracy']:.4f} mlp {b['mlp']['test_accuracy']:.4f}"
-                  f" knn {b['knn']['test_accuracy']:.4f} cleanlab {b['cleanlab']['test_accuracy']:.4f}"
-                  f" | ceiling {max(b['ceiling_linear']['test_accuracy'], b['ceiling_mlp']['test_accuracy']):.4f}"
-                  f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"[{time.perf_counter() - start:6.0f} s] {st} seed {sd}: LRA {record['lra']['test_accuracy']:.4f}"
+                  f" ({record['lra']['seconds']:.0f} s) | linear {b['linear']['test_accuracy']:.4f}"
+                  f" mlp {b['mlp']['test_accuracy']:.4f} knn {b['knn']['test_accuracy']:.4f}"
+                  f" cleanlab {b['cleanlab']['test_accuracy']:.4f}"
+                  f" | ceiling {max(b['ceiling_linear']['test_accuracy'], b['ceiling_mlp']['test_accuracy']):.4f}",
+                  flush=True)
+
+    _run_tasks(tasks, features, shared_root, jobs, on_done)
     results = [r for r in read_results(out_dir) if r.get("encoder") == encoder]
     replace_section(markdown, f"cifar10-main-{encoder}", cifar10_table(results, encoder))
     print(f"total {time.perf_counter() - start:.0f} s; table written to {markdown}", flush=True)

@@ -306,7 +306,7 @@ def embed(
     encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2 | precomputed; text: minilm | sentence-transformer (-o model=DIR).")],
     out: Annotated[Path, typer.Option(help="Features to write, .npy (N, D).")],
     dataset: Annotated[str, typer.Option(help="cifar10 (shared JPEG copy) | folder (ROOT/SPLIT/<class>/...) | npy (ROOT/SPLIT.npy, uint8 N,H,W,3); text: noisy-ag-news | banking77 (shared copies) | text (column 'text' of ROOT/SPLIT.csv or .jsonl, or of the file ROOT).")] = "cifar10",
-    root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("/work/shared/data/cifar10"),
+    root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("../shared/data/cifar10"),
     split: Annotated[str, typer.Option(help="Split to embed.")] = "train",
     fit_split: Annotated[str, typer.Option(help="Unlabelled split pixels/kmeans are fitted on.")] = "train",
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Encoder option KEY=VALUE (repeatable), e.g. -o weights=SimCLR_128_cifar10.pt, -o model=DIR, -o path=feats.npy.")] = None,
@@ -341,7 +341,7 @@ app.add_typer(pretrain_app, name="pretrain")
 def pretrain_simclr(
     out: Annotated[Path, typer.Option(help="Directory for checkpoint.pt and the trained encoder/.")],
     dataset: Annotated[str, typer.Option(help="cifar10 | folder | npy (as in `lra embed`).")] = "cifar10",
-    root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("/work/shared/data/cifar10"),
+    root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("../shared/data/cifar10"),
     split: Annotated[str, typer.Option(help="Unlabelled split to train on.")] = "train",
     subset: Annotated[Optional[int], typer.Option(help="Use only the first N images.")] = None,
     arch: Annotated[str, typer.Option(help="resnet18 | resnet50.")] = "resnet18",
@@ -489,6 +489,7 @@ def bench_cifar10(
     pca: Annotated[int, typer.Option(help="PCA dimension of the features (0 = none).")] = 512,
     ablations: Annotated[bool, typer.Option(help="Run the ablation table instead of the main one.")] = False,
     table_only: Annotated[bool, typer.Option(help="Only regenerate the main table from the results.")] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes (one torch thread each) running settings side by side.")] = 1,
 ) -> None:
     """LRA-diffusion against baselines on the shared CIFAR-10 (same as benchmarks/cifar10.py)."""
     from .benchmark import CIFAR10_SETTINGS, cifar10_main
@@ -497,7 +498,7 @@ def bench_cifar10(
         raise InputError(f"{shared} is not the shared CIFAR-10 folder (no train.csv); pass --shared")
     cifar10_main(encoder=encoder, seeds=seeds or [0], settings=setting or list(CIFAR10_SETTINGS),
                  shared_root=shared, cache_dir=cache_dir, results_dir=results, markdown=markdown,
-                 pca=pca or None, ablations=ablations, table_only=table_only)
+                 pca=pca or None, ablations=ablations, table_only=table_only, jobs=jobs)
 
 
 def main() -> None:

@@ -118,7 +118,7 @@ def training_step(
     t = to_device(antithetic_timesteps(len(x), len(alpha_bar), generator=generator), dev)
     eps = to_device(torch.randn(y0.shape, generator=generator), dev)
     with autocast_context(dev, amp):
-        eps_pred = (forward or model)(x, q_sample(y0, t, eps, alpha_bar), t)
+        eps_pred = (model if forward is None else forward)(x, q_sample(y0, t, eps, alpha_bar), t)
     loss = weighted_eps_loss(eps_pred.float(), eps, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
