@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pca", type=int, default=None, help="cifar10n: reduce the features to this many dims first")
     p.add_argument("--steps", type=int, default=None, help="our training steps (default: the config's auto_steps)")
     p.add_argument("--cv", default="none,2", help="our scoring modes: 'none' (in-sample) and/or fold counts")
-    p.add_argument("--k", type=int, default=None, help="our retrieval neighbours (default: the config's 10)")
+    p.add_argument("--k", type=lambda v: v if v == "auto" else int(v), default=None,
+                   help="our retrieval neighbours (default: the config's 10); 'auto': fit k = 10 and k = 0, keep "
+                        "the one with the higher accuracy on the held-out noisy labels (no clean labels used)")
     p.add_argument("--n-samples", type=int, default=20, help="stochastic DDIM runs of the 'stochastic' score")
     p.add_argument("--cleanlab-cv", type=int, default=5, help="folds of the logistic regression's cross_val_predict")
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples (smoke tests)")
@@ -158,9 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.setting}: {len(y)} samples, {X.shape[1]} features, {is_error.sum()} wrong labels "
           f"({is_error.mean():.2%}); seed {args.seed}")
     config = {"train": {"auto_steps": args.steps}} if args.steps else {}
-    if args.k is not None:  # k = 0: no label retrieval (then no agreement / mean score either)
-        config["retrieval"] = {"k": args.k}
-    names = SCORES if args.k != 0 else ("stochastic", "closeness")
+    # k = 0 (or possibly with auto): no label retrieval, then no agreement / mean score either
+    score_names = SCORES if args.k is None or isinstance(args.k, int) and args.k > 0 else ("stochastic", "closeness")
     setup = [f"{args.steps} training steps" if args.steps else "default training length",
              f"k = {args.k}" if args.k is not None else "default k = 10"]
     title += f"; ours: {', '.join(setup)}"
@@ -168,15 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     for mode in args.cv.split(","):
         cv = None if mode == "none" else int(mode)
-        est = LRAClassifier(config=config or None, random_state=args.seed, verbose=False)
+        est = LRAClassifier(k=args.k, config=config or None, random_state=args.seed, verbose=False)
         t = time.perf_counter()
         res = find_label_issues(X, y, estimator=est, cv=cv, true_labels=clean, n_samples=args.n_samples,
-                                extra_scores=names, random_state=args.seed)
+                                extra_scores=score_names, random_state=args.seed)
         seconds = time.perf_counter() - t
         how = "in-sample" if cv is None else f"out-of-sample, {cv}-fold"
         acc = (res.predicted_label == clean).mean()
         print(f"ours {how}: {seconds:.0f} s; predictions match the clean labels on {acc:.2%}")
-        for name in names:
+        if cv is None and "k_selection" in est.fit_info_:
+            print(f"k=auto: held-out noisy accuracy {est.fit_info_['k_selection']}; kept k = {est.config_.retrieval.k}")
+        for name in score_names:
             m = issue_metrics(is_error, res.scores[name], res.scores[name] < 0.5)
             tag = " (default score)" if name == DEFAULT_SCORE and cv is None else ""
             rows.append(row(f"LRA-diffusion, {how}", name + tag, m, seconds))

@@ -94,6 +94,13 @@ def test_fit_then_predict(inputs, tmp_path):
     assert res.exit_code == 0 and np.load(tmp_path / "q.npy").shape == (240, 3)
 
 
+def test_fit_k_auto_reports_the_choice_and_saves_the_chosen_k(inputs, tmp_path):
+    res = lra(*fit_args(inputs, tmp_path / "run", "--k", "auto"))
+    assert res.exit_code == 0, res.output
+    kept = LRAClassifier.load(tmp_path / "run").config_.retrieval.k
+    assert "k=auto: validation accuracy k=5: " in res.stdout and f"kept k={kept}" in res.stdout
+
+
 @pytest.mark.parametrize("classes", [np.array([2, 5, 9]), np.array(["ant", "bee", "cat"])])
 def test_non_contiguous_and_string_labels_are_mapped(inputs, tmp_path, classes):
     np.save(inputs / "labels.npy", classes[np.load(inputs / "labels.npy")])
@@ -152,6 +159,9 @@ FIT_CASES = [
     ("count mismatch", {"--labels": ("l.npy", Y_[:-1])}, "has 240 rows but"),
     ("one class", {"--labels": ("l.npy", np.zeros(240, np.int64))}, "need at least 2 classes to train, got 1 class"),
     ("k too large", {"--k": "300"}, "k=300 neighbours need more than 300 training samples"),
+    ("k not a number", {"--k": "ten"}, "--k must be an integer >= 0 or 'auto', got 'ten'"),
+    ("k auto without validation data", {"--k": "auto", "--config": ("c.toml", "[train]\nval_fraction = 0.0\n")},
+     'k="auto" chooses k on validation data'),
     ("unknown config key", {"--config": ("c.toml", "[train]\nepoch = 3\n")},
      "unknown config key(s) ['epoch'] in [train]; valid keys: ['auto_steps', 'batch_size'"),
     ("unknown config section", {"--config": ("c.toml", "[optim]\nlr = 1\n")}, "unknown config section(s) ['optim']"),

@@ -246,3 +246,24 @@ def test_fit_predicts_training_labels_or_raises_value_error(problem):
     pred = est.predict(X)
     assert pred.shape == (len(X),)
     assert set(pred.tolist()) <= set(y.tolist())
+
+
+def test_k_auto_keeps_the_fit_with_the_better_validation_accuracy():
+    X, y = make_blobs(300)
+    noisy = y.copy()
+    noisy[::3] = (noisy[::3] + 1) % 3  # a third of the labels wrong
+    auto = LRAClassifier(k="auto", config=TINY, epochs=6, random_state=0).fit(X, noisy)
+    selection = {int(k): acc for k, acc in auto.fit_info_["k_selection"].items()}
+    assert set(selection) == {5, 0}  # the config's k and no retrieval
+    chosen = auto.config_.retrieval.k
+    assert selection[chosen] == max(selection.values()) and auto.fit_info_["best_val_accuracy"] == selection[chosen]
+    direct = LRAClassifier(k=chosen, config=TINY, epochs=6, random_state=0).fit(X, noisy)
+    assert np.array_equal(auto.predict_label_vectors(X), direct.predict_label_vectors(X))
+
+
+@pytest.mark.parametrize("kw, message", [({"k": "auto", "val_fraction": 0.0}, "validation data"),
+                                         ({"k": "five"}, "integer")])
+def test_bad_k(kw, message):
+    X, y = make_blobs()
+    with pytest.raises(InputError, match=message):
+        LRAClassifier(config=TINY, **kw).fit(X, y)

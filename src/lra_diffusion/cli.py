@@ -109,7 +109,7 @@ def fit(
     val_labels: Annotated[Optional[Path], typer.Option(help="Validation labels .npy (e.g. clean).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: auto).")] = None,
-    k: Annotated[Optional[int], typer.Option(help="Neighbours for label retrieval.")] = None,
+    k: Annotated[Optional[str], typer.Option(help="Neighbours for label retrieval, or 'auto': fit with the config's k and with 0, keep the better on the validation data.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
     checkpoint_every: Annotated[Optional[int], typer.Option(
@@ -124,6 +124,10 @@ def fit(
     from .device import resolve_device
     from .estimator import LRAClassifier
 
+    if k is not None and k != "auto":
+        if not k.isdigit():
+            raise InputError(f"--k must be an integer >= 0 or 'auto', got {k!r}")
+        k = int(k)
     cfg = Config.from_toml(config) if config else Config()
     resolve_device(device or cfg.runtime.device)  # a GPU that is not there fails before any work
     if checkpoint_every is not None:
@@ -149,6 +153,9 @@ def fit(
     info = est.fit_info_
     best = f", best validation accuracy {info['best_val_accuracy']:.4f}" if info["best_val_accuracy"] is not None else ""
     resumed = f" (resumed from step {info['resumed_from_step']})" if info["resumed_from_step"] else ""
+    if "k_selection" in info:
+        accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
+        typer.echo(f"k=auto: validation accuracy {accs}; kept k={est.config_.retrieval.k}")
     typer.echo(f"trained {info['epochs']} epochs in {info['seconds']:.1f} s{resumed}{best}; run written to {out}")
 
 

@@ -42,7 +42,11 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    k : neighbours for label retrieval (None: config default, 10). 0 disables retrieval.
+    k : neighbours for label retrieval (None: config default, 10). 0 disables retrieval. ``"auto"``
+        fits twice, with the config's k and with k = 0, and keeps the fit with the higher accuracy on the
+        validation data (the held-out *noisy* labels unless ``X_val, y_val`` are given), so no clean
+        labels are needed; for weak encoders whose neighbours carry noisier labels than the samples
+        themselves (see docs/label-issues.md). ``fit_info_["k_selection"]`` records both accuracies.
     epochs : training epochs (None: config default, auto from ``train.auto_steps``).
     batch_size, feature_dim, lr, ddim_steps, val_fraction : shortcuts for the config keys of those
         names (None: keep the config's value).
@@ -68,7 +72,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        k: int | None = None,
+        k: int | str | None = None,
         epochs: int | None = None,
         batch_size: int | None = None,
         feature_dim: int | None = None,
@@ -95,6 +99,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def _effective_config(self) -> Config:
+        if not (self.k is None or self.k == "auto" or isinstance(self.k, (int, np.integer))):
+            raise InputError(f'k must be an integer >= 0, "auto" or None, got {self.k!r}')
         if self.config is None:
             base = Config()
         elif isinstance(self.config, Config):
@@ -104,7 +110,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         else:
             raise InputError(f"config must be a Config, a dict or None, got {type(self.config).__name__}")
         shortcuts = {
-            "retrieval": {"k": self.k},
+            "retrieval": {"k": None if self.k == "auto" else self.k},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                       "val_fraction": self.val_fraction},
             "model": {"feature_dim": self.feature_dim},
@@ -155,11 +161,24 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
                 raise InputError(f"validation labels {unknown[:5].tolist()} are not among the training classes")
             y_val = np.searchsorted(self.classes_, y_val)
         self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
-        result = train(
-            X, y_idx, num_classes=len(self.classes_), config=config, val_features=X_val, val_labels=y_val,
-            seed=self.seed_, checkpoint_dir=Path(run_dir) / "checkpoints" if run_dir is not None else None,
-            resume=resume, progress=self.verbose,
-        )
+        candidates = [config]
+        if self.k == "auto":
+            if X_val is None and config.train.val_fraction <= 0:
+                raise InputError('k="auto" chooses k on validation data: give X_val, y_val or val_fraction > 0')
+            candidates.append(config.replace(retrieval={"k": 0}))  # the config's k (10) first: wins ties
+        selection, best = {}, None
+        for cand in candidates:
+            ckpt = Path(run_dir) / "checkpoints" if run_dir is not None else None
+            if ckpt is not None and len(candidates) > 1:
+                ckpt = ckpt / f"k{cand.retrieval.k}"
+            result = train(
+                X, y_idx, num_classes=len(self.classes_), config=cand, val_features=X_val, val_labels=y_val,
+                seed=self.seed_, checkpoint_dir=ckpt, resume=resume, progress=self.verbose,
+            )
+            selection[cand.retrieval.k] = result.best_val_accuracy
+            if best is None or result.best_val_accuracy > best[1].best_val_accuracy:
+                best = (cand, result)
+        config, result = best
         self.config_ = config
         self.model_ = result.model
         self.history_ = result.history
@@ -170,6 +189,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
             "resumed_from_step": result.resumed_from,
         }
+        if len(selection) > 1:
+            self.fit_info_["k_selection"] = {str(k): acc for k, acc in selection.items()}
         if run_dir is not None:
             self.save(run_dir)
         return self
