@@ -26,7 +26,7 @@ if __name__ == "__main__":
     ap.add_argument("--pca", type=int, default=512, help="PCA dimension of the features (0 = none)")
     ap.add_argument("--ablations", action="store_true", help="run the ablation table instead of the main one")
     ap.add_argument("--variants", nargs="+", default=None,
-                    help="retrained ablation variants (k0 k5 k20 k50 uniform no-ema frozen-x; default all)")
+                    help="retrained ablation variants (k0 k5 k20 k50 uniform no-ema frozen-x clean-k0; default all)")
     ap.add_argument("--table-only", action="store_true", help="only regenerate the main table from results/")
     ap.add_argument("--epochs", type=int, default=None, help="LRA training epochs (default: the benchmark config's)")
     ap.add_argument("--jobs", type=int, default=1,
