@@ -282,9 +282,9 @@ class atomic_path:
 
 
 def progress_bar(total: int, enabled: bool, desc: str, initial: int = 0):
-    """A tqdm bar over images (a silent one when ``enabled`` is false)."""
+    """A tqdm bar over the samples being encoded, images or texts (silent when ``enabled`` is false)."""
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc=desc, unit="img", disable=not enabled, mininterval=0.5
+        total=total, initial=initial, desc=desc, unit="sample", disable=not enabled, mininterval=0.5
     )
