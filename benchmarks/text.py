@@ -288,8 +288,8 @@ def markdown(results: list[dict], ablation: list[dict] | None, timing: dict | No
                       f"{k} {v['texts']:,} texts in {v['seconds']:.0f} s ({v['texts'] / max(v['seconds'], 1e-9):.0f} "
                       "texts/s)" for k, v in first.items() if isinstance(v, dict))
                   + f"; loading the encoder {first.get('encoder_load_seconds', float('nan')):.0f} s. Measured "
-                  "while two CIFAR-10 benchmark workers shared the two cores (the encoder does about 70 texts/s "
-                  "on an idle core)."]
+                  "while two CIFAR-10 benchmark workers shared the two cores (about 70 texts/s is expected of an "
+                  "idle machine; not re-measured idle here)."]
     if cached:
         total = sum(v["seconds"] for v in cached.values() if isinstance(v, dict))
         lines += ["", f"Later runs read the cached features: {total:.1f} s for all splits."]
