@@ -105,7 +105,8 @@ def test_worker_processes_reproduce_the_in_process_run():
     feats = rng.standard_normal((50_000, 4)).astype(np.float32), rng.standard_normal((10_000, 4)).astype(np.float32)
     config = {"train": {"epochs": 1, "batch_size": 1024, "evals": 1}, "model": {"feature_dim": 8},
               "retrieval": {"k": 2}}
-    tasks = [("lra", "pmd-0.35", 0, config), ("lra", "c10n-worse", 1, config)]
+    # a "noisy" task runs every noisy-label baseline too (cleanlab's own process pool once failed in workers)
+    tasks = [("lra", "pmd-0.35", 0, config), ("noisy", "c10n-worse", 1, config)]
     results = {1: {}, 2: {}}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' thread count
@@ -116,5 +117,8 @@ def test_worker_processes_reproduce_the_in_process_run():
         torch.set_num_threads(threads)
     for setting in ("pmd-0.35", "c10n-worse"):
         a, b = results[1][setting], results[2][setting]
-        a["lra"].pop("seconds"), b["lra"].pop("seconds")
+        for r in (a, b):
+            for part in [r["lra"], *r.get("baselines", {}).values()]:
+                part.pop("seconds")
         assert a == b and a["setting"] == setting
+    assert set(results[2]["c10n-worse"]["baselines"]) == {"linear", "mlp", "knn", "cleanlab"}

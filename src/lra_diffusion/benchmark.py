@@ -150,7 +150,10 @@ def run_baselines(split: Split, *, seed: int = 0, methods=("linear", "mlp", "knn
             from cleanlab.classification import CleanLearning
 
             l2 = fit_linear(split, split.y_train)[0].l2
-            cl = CleanLearning(SoftmaxRegression(l2=l2), cv_n_folds=3, seed=seed, verbose=False)
+            # n_jobs=1: cleanlab's own process pool relies on fork-inherited globals and fails inside the
+            # benchmark's spawned workers; the result does not depend on it
+            cl = CleanLearning(SoftmaxRegression(l2=l2), cv_n_folds=3, seed=seed, verbose=False,
+                               find_label_issues_kwargs={"n_jobs": 1})
             return cl.fit(split.X_train, split.y_train).score(split.X_test, split.y_test)
 
         record("cleanlab", cleanlab_fit)
@@ -346,8 +349,13 @@ def _run_tasks(tasks: list[tuple], features, shared_root: Path, jobs: int, on_do
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                  initargs=(*paths, shared_root, 1)) as pool:
             futures = {pool.submit(_setting_task, *task): task for task in tasks}
-            for future in as_completed(futures):
-                on_done(futures[future], future.result())
+            try:
+                for future in as_completed(futures):
+                    on_done(futures[future], future.result())
+            except BaseException:
+                for future in futures:  # fail now, not after every queued setting has run
+                    future.cancel()
+                raise
 
 
 def _median(values):
