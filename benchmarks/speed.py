@@ -1,6 +1,6 @@
 """Speed of the core on a CIFAR-sized problem, measured in one run.
 
-    python benchmarks/speed.py [--quick] [--out results/speed.json]
+    python benchmarks/speed.py [--quick] [--compile] [--profile] [--out results/speed.json]
 
 Measures: training throughput (samples/s) for 45,000 x 512 features, 10 classes, batch 256,
 feature_dim 512, through the trainer's own `training_step` + EMA update; the machine's float32 GEMM rate
@@ -54,6 +54,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and no 200,000-point kNN")
     ap.add_argument("--out", type=Path, default=Path("results/speed.json"))
+    ap.add_argument("--compile", action="store_true", help="train through torch.compile(model) ([runtime] compile)")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's table of 10 training steps")
     args = ap.parse_args()
     reps = 3 if args.quick else 7
     torch.manual_seed(0)
@@ -70,21 +72,24 @@ def main() -> None:
     sampler = NeighbourLabelSampler(y.numpy()[:5000], nb)
     gen = torch.Generator().manual_seed(0)
 
+    forward = torch.compile(model) if args.compile else None
+
     def steps(k: int = 20) -> None:
         for _ in range(k):
             idx = torch.randint(0, 5000, (batch,), generator=gen)
             training_step(model, opt, X[idx], *sampler.sample(idx, gen), alpha_bar=alpha_bar, generator=gen,
-                          grad_clip=1.0)
+                          grad_clip=1.0, forward=forward)
             ema_update(ema, model, 0.999)
 
     steps(5)
     # interleave the model and GEMM measurements so machine noise hits both alike
-    step_times, gemm_rates = [], []
+    step_times, gemm_rates, shape_rates = [], [], []
     for _ in range(reps):
         step_times.append(median_time(lambda: steps(20), 1) / 20)
         gemm_rates.append(gemm_rate(2048, 2048, 2048, 1))
+        shape_rates.append(gemm_rate(batch, 512, 512, 1))
     step_time, gemm = statistics.median(step_times), statistics.median(gemm_rates)
-    gemm_model_shape = gemm_rate(batch, 512, 512, reps)
+    gemm_model_shape = statistics.median(shape_rates)
     macs = model_macs(model)
     flops_per_step = 6 * macs * batch  # forward 2*MACs, backward 4*MACs
     achieved = flops_per_step / step_time
@@ -93,10 +98,17 @@ def main() -> None:
     # inference: 10 deterministic DDIM steps on all 45,000
     infer = median_time(lambda: predict_y0(ema, X, DiffusionConfig()), max(1, reps // 2))
 
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            steps(10)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+
     knn_times: dict[str, float] = {}
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
+        "torch": torch.__version__, "compiled": args.compile,
         "train_samples_per_s": train_sps, "train_step_ms": step_time * 1e3,
         "model_macs_per_sample": macs, "params": sum(p.numel() for p in model.parameters()),
         "gemm_gflops_2048": gemm / 1e9, "gemm_gflops_model_shape": gemm_model_shape / 1e9,
