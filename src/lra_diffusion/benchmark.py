@@ -522,7 +522,8 @@ def cifar10_ablations(setting: str, features, shared_root: Path, *, seed: int, c
 
 def ablation_table(rows: list[dict]) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    order = [*ABLATION_INFERENCE, *(name for name, _ in ABLATION_TRAINING.values())]  # main row first
+    variants = sorted(dict.fromkeys(r["variant"] for r in rows), key=lambda v: order.index(v) if v in order else -1)
     acc = {(r["setting"], r["variant"]): r["test_accuracy"] for r in rows}
     lines = ["| variant | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for v in variants:
