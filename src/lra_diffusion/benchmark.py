@@ -281,20 +281,11 @@ def cifar10_features(encoder_name: str, shared_root: Path, cache_dir: Path, *, p
             np.asarray(embed(encoder, test_images, split="test", **kw), dtype=np.float32))
 
 
-def run_cifar10_setting(setting: str, features, shared_root: Path, *, seed: int, config: dict,
-                        baselines: bool = True, verbose: bool = False) -> dict:
-    """LRA-diffusion and (optionally) every baseline on one label setting; one result record."""
-    record = _setting_task("noisy" if baselines else "lra", setting, seed, config, features, shared_root, verbose)
-    if baselines:
-        record["baselines"].update(_setting_task("ceiling", setting, seed, config, features, shared_root))
-    return record
-
-
 NOISY_BASELINES = ("linear", "mlp", "knn", "cleanlab")
 
 
-def _setting_task(kind: str, setting: str, seed: int, config: dict, features=None, shared_root: Path | None = None,
-                  verbose: bool = False) -> dict:
+def _setting_task(kind: str, setting: str, seed: int, config: dict, features=None,
+                  shared_root: Path | None = None) -> dict:
     """One unit of benchmark work: ``lra`` (LRA only), ``noisy`` (LRA + the noisy-label baselines) or
     ``ceiling`` (the clean-label heads). Without ``features`` it uses the worker's (see ``_init_worker``)."""
     from .config import Config
@@ -309,7 +300,7 @@ def _setting_task(kind: str, setting: str, seed: int, config: dict, features=Non
               "noise_rate": float((split.y_train != split.y_train_clean).mean()),
               "n_train": len(split.y_train), "feature_dim": int(split.X_train.shape[1]),
               "val": "clean" if split.val_is_clean else "noisy held-out slice",
-              "lra": run_lra(split, config=cfg, seed=seed, verbose=verbose)}
+              "lra": run_lra(split, config=cfg, seed=seed)}
     if kind == "noisy":
         record["baselines"] = run_baselines(split, seed=seed, methods=NOISY_BASELINES)
     return record
@@ -444,9 +435,11 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
         return
     # every (setting, seed) runs LRA + the noisy-label baselines; settings that share a clean-label
     # ceiling (same rows, validation labels and seed) share one ceiling computation
-    ceilings = {ceiling_key(st, sd): (st, sd) for sd in seeds for st in settings}
-    tasks = [task for sd in seeds for task in [("ceiling", st, s, config) for st, s in ceilings.values() if s == sd]
-             + [("noisy", st, sd, config) for st in settings]]
+    tasks = []
+    for sd in seeds:  # a seed's ceilings first, so its results can be written as they come
+        ceilings = {ceiling_key(st, sd): st for st in settings}
+        tasks += [("ceiling", st, sd, config) for st in ceilings.values()]
+        tasks += [("noisy", st, sd, config) for st in settings]
     pending, done_ceilings = {}, {}
 
     def on_done(task, result):
