@@ -1,4 +1,5 @@
-"""Atomic writes (no partial files, even on a full disk), safetensors files, validated array loading."""
+"""Atomic writes (no partial files, even on a full disk), safetensors files, canonical tensor layout,
+validated array loading."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import pytest
 import torch
 
 from lra_diffusion.errors import InputError
-from lra_diffusion.io import atomic_write, load_array, load_tensors, save_tensors, sha256_array
+from lra_diffusion.io import (
+    atomic_write,
+    canonical,
+    is_canonical,
+    load_array,
+    load_tensors,
+    save_tensors,
+    sha256_array,
+)
 
 
 def full_disk(monkeypatch) -> None:
@@ -63,12 +72,45 @@ def test_unwritable_targets(tmp_path, target, message):
     assert not os.path.isfile("/dev/full")  # still the device
 
 
+def fresh_strides(t: torch.Tensor) -> tuple[int, ...]:
+    return torch.empty(t.shape).stride()
+
+
+def test_canonical_is_row_major_aligned_and_keeps_dtype_and_values():
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    cases = {
+        "column-major (an SVD's Vh)": base.T,
+        "column-major slice with a size-1 dim": base.T[:1],
+        "size-1 dim that contiguous() keeps": base.reshape(-1)[:6].as_strided((1, 6), (1, 1)),
+        "unaligned view (as safetensors returns)": base.reshape(-1)[1:7],
+        "float16": base.T.half(),
+        "int64": torch.arange(12).reshape(3, 4).T,
+        "empty": base[:0],
+        "scalar": base[0, 0],
+    }
+    for what, t in cases.items():
+        c = canonical(t)
+        assert is_canonical(c), what
+        assert (c.dtype, c.shape, c.stride()) == (t.dtype, t.shape, fresh_strides(t)), what
+        assert torch.equal(c, t), what
+    # why not .contiguous(): it keeps these layouts
+    assert cases["size-1 dim that contiguous() keeps"].contiguous().stride() == (1, 1)
+    assert not is_canonical(cases["unaligned view (as safetensors returns)"].contiguous())
+    already = torch.randn(3, 4)
+    assert canonical(already).data_ptr() == already.data_ptr()  # no copy when there is nothing to fix
+    assert not canonical(torch.nn.Parameter(torch.randn(2, 3))).requires_grad
+
+
+@pytest.mark.floats
 def test_save_load_tensors_round_trip_and_truncation(tmp_path):
-    tensors = {"w": torch.randn(3, 4), "i": torch.arange(5)}
+    tensors = {"w": torch.randn(3, 4), "i": torch.arange(5), "vh": torch.randn(5, 2).T, "row": torch.randn(4, 1).T}
     save_tensors(tmp_path / "t.safetensors", tensors, {"step": 7, "name": "x"})
     loaded, meta = load_tensors(tmp_path / "t.safetensors")
     assert meta == {"step": 7, "name": "x"}
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    # what comes back owns aligned row-major memory (safetensors alone gives 8-byte aligned views)
+    for k, v in loaded.items():
+        assert is_canonical(v) and (v.dtype, v.stride()) == (tensors[k].dtype, fresh_strides(v)), k
     raw = (tmp_path / "t.safetensors").read_bytes()
     for cut in (0, 5, 40, len(raw) - 1):
         (tmp_path / "cut.safetensors").write_bytes(raw[:cut])

@@ -1,8 +1,13 @@
-"""Atomic file writes, our safetensors files, and validated array loading.
+"""Atomic file writes, our safetensors files, canonical tensor layout, and validated array loading.
 
 Every file this package writes goes through :func:`atomic_write`: a temporary file in the same folder,
 flushed and fsynced, then renamed over the target. A killed process leaves either the old file or the
 new one, never half of one; a failed write (disk full, permission) removes its temporary file.
+
+Every tensor we save, load or keep as fitted state goes through :func:`canonical`, so a fitted object
+and its reloaded copy hold tensors of the same dtype, shape, strides and alignment: BLAS picks its
+kernel from the operands' layout, and two kernels may round the same product differently in the last
+bit (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -66,14 +71,56 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"{path} is not valid JSON: {e}") from None
 
 
+# Fresh CPU allocations in torch are 64-byte aligned; safetensors hands back views into its buffer that
+# are only 8-byte aligned. MKL documents alignment as one of the things its kernel choice (and so its
+# rounding) may depend on, so canonical tensors own aligned memory too.
+ALIGNMENT = 64
+
+
+def row_major_strides(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    """The strides of a freshly allocated C-contiguous tensor of ``shape``: ``(3, 4) -> (4, 1)``."""
+    strides, step = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def is_canonical(t: torch.Tensor) -> bool:
+    """Whether ``t`` has row-major strides and 64-byte aligned data (what :func:`canonical` returns)."""
+    return t.stride() == row_major_strides(t.shape) and (t.numel() == 0 or t.data_ptr() % ALIGNMENT == 0)
+
+
+def canonical(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, with row-major strides and aligned data; dtype, shape, values and device kept.
+
+    Returns ``t.detach()`` itself when it is already canonical, else a copy. ``contiguous()`` is not
+    enough: it keeps a column-major slice's strides when a dimension has size 1 and keeps unaligned
+    views. Use it on every tensor that is set as fitted state, saved or loaded, so that a fitted and a
+    reloaded object compute with the same kernels and give the same bits.
+    """
+    t = t.detach()
+    if is_canonical(t):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def canonical_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`canonical` of every value."""
+    return {k: canonical(v) for k, v in tensors.items()}
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     """Save tensors (and JSON-able ``meta``) as one safetensors file, atomically."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tensors = {k: canonical(v.cpu()) for k, v in tensors.items()}
     atomic_write(path, st_save(tensors, metadata={"meta": json.dumps(meta or {})}))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a file written by :func:`save_tensors`; a missing, truncated or foreign file raises InputError."""
+    """Load a file written by :func:`save_tensors`; a missing, truncated or foreign file raises InputError.
+
+    The tensors come back :func:`canonical` (own, aligned, row-major memory).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -86,7 +133,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         meta = json.loads(header.get("__metadata__", {}).get("meta", "{}"))
     except (SafetensorError, ValueError, json.JSONDecodeError, OverflowError) as e:
         raise InputError(f"{path} is not a valid safetensors file (truncated or corrupt?): {e}") from None
-    return tensors, meta
+    return canonical_dict(tensors), meta
 
 
 def sha256_array(a: np.ndarray) -> str:

@@ -4,7 +4,9 @@ Every encoder has a ``name``, a feature width ``dim``, an optional ``fit(images)
 learn without labels (pixel statistics, the k-means dictionary), and ``encode(images)``, which is
 batched, runs under ``torch.no_grad`` and is deterministic. Encoders with learned or loaded state can
 ``save(directory)`` it (a JSON config plus a ``safetensors`` file) and :func:`load_encoder` restores
-them; :meth:`Encoder.fingerprint` hashes that state so the feature cache can key on it.
+them; :meth:`Encoder.fingerprint` hashes that state so the feature cache can key on it. Learned
+tensors are kept in one canonical layout (:func:`lra_diffusion.io.canonical`) whether ``fit`` set them
+or ``from_saved`` loaded them, so a reloaded encoder encodes bit for bit like the fitted one.
 
 Images reach encoders as ``uint8`` arrays ``(N, H, W, 3)`` or as a dataset object whose items are
 ``(uint8 (H, W, 3), label, index)`` (the datasets of :mod:`lra_diffusion.data`).
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from lra_diffusion.errors import InputError
+from lra_diffusion.io import canonical
 
 CONFIG_FILE = "encoder.json"
 STATE_FILE = "state.safetensors"
@@ -135,7 +138,8 @@ class Encoder:
     Subclasses set ``name`` and implement ``dim`` and ``_encode_batch``; those that learn without
     labels override ``fit`` (and set ``needs_fit = True``); those with state override ``config`` /
     ``state_tensors`` / ``from_saved``. ``__init__`` only stores parameters (scikit-learn style);
-    learned state ends in ``_``.
+    learned state ends in ``_``, and a tensor assigned to such an attribute is stored
+    :func:`~lra_diffusion.io.canonical` (row-major, aligned, detached).
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +147,14 @@ class Encoder:
     ragged_input: ClassVar[bool] = False  # accepts batches of differently sized images (a list)
     batch_size: int = 256
     device: str = "cpu"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # One layout for learned state, set by fit or loaded by from_saved: BLAS chooses its kernel
+        # from the operands' strides, and two kernels may round a product differently in the last
+        # bit. An SVD's Vh, for one, comes out column-major while a loaded copy is row-major.
+        if name.endswith("_") and isinstance(value, torch.Tensor):
+            value = canonical(value)
+        super().__setattr__(name, value)
 
     @property
     def dim(self) -> int:
@@ -238,7 +250,7 @@ class Encoder:
         self.check_is_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
+        tensors = {k: canonical(v.cpu()) for k, v in self.state_tensors().items()}
         meta = {"name": self.name, "config": self.config(), "fingerprint": self.fingerprint()}
         with atomic_path(d / STATE_FILE) as tmp:
             save_file(tensors, str(tmp))

@@ -201,7 +201,8 @@ class KMeansEncoder(Encoder):
             mean = feats.mean(0)
             _, _, vh = torch.linalg.svd(feats - mean, full_matrices=False)
             self.pca_mean_ = mean.float()
-            self.pca_components_ = vh[: self.pca_dim].float()  # (pca_dim, pooled_dim)
+            # (pca_dim, pooled_dim); LAPACK's Vh is column-major, stored row-major (Encoder.__setattr__)
+            self.pca_components_ = vh[: self.pca_dim].float()
 
     # -- encode --------------------------------------------------------------------------------
     def _pooled(self, batch: np.ndarray) -> torch.Tensor:

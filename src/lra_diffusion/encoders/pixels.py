@@ -89,7 +89,8 @@ class PixelEncoder(Encoder):
                 )
             z = (x - self.mean_.double()) / self.scale_.double()
             _, _, vh = torch.linalg.svd(z, full_matrices=False)
-            self.components_ = vh[: self.pca_dim].float()  # (pca_dim, H*W*3)
+            # (pca_dim, H*W*3); LAPACK's Vh is column-major, stored row-major (Encoder.__setattr__)
+            self.components_ = vh[: self.pca_dim].float()
         return self
 
     def _encode_batch(self, batch: np.ndarray) -> torch.Tensor:
