@@ -3,7 +3,8 @@
 >>> enc = get_encoder("kmeans", n_centroids=1600).fit(train_images)   # doctest: +SKIP
 >>> feats = embed(enc, train_images, cache_dir="cache/features", split="train")  # doctest: +SKIP
 
-Encoders (``ENCODERS``): ``pixels``, ``kmeans``, ``simclr``, ``simclr-cifar10`` (our shipped SimCLR
+Encoders (``ENCODERS``): ``efficientnet-lite0`` / ``-lite1`` / ``-lite2`` (ImageNet weights that install
+with the package; lite0 is the default image encoder of ``lra run``), ``pixels``, ``kmeans``, ``simclr``, ``simclr-cifar10`` (our shipped SimCLR
 weights), ``clip``, ``dinov2``, ``precomputed``; for text (the ``text`` extra): ``minilm``,
 ``sentence-transformer``.
 """
@@ -23,6 +24,13 @@ from lra_diffusion.encoders.cache import (
     export_features,
     fit_cached,
 )
+from lra_diffusion.encoders.efficientnet import (
+    EFFICIENTNET_ENCODERS,
+    EfficientNetLite0Encoder,
+    EfficientNetLite1Encoder,
+    EfficientNetLite2Encoder,
+    EfficientNetLiteEncoder,
+)
 from lra_diffusion.encoders.hf import CLIPEncoder, DINOv2Encoder
 from lra_diffusion.encoders.kmeans import KMeansEncoder
 from lra_diffusion.encoders.pixels import PixelEncoder
@@ -34,6 +42,7 @@ from lra_diffusion.errors import InputError
 ENCODERS: dict[str, type[Encoder]] = {
     cls.name: cls
     for cls in (
+        *EFFICIENTNET_ENCODERS,
         PixelEncoder,
         KMeansEncoder,
         SimCLREncoder,
@@ -79,6 +88,10 @@ __all__ = [
     "CLIPEncoder",
     "DINOv2Encoder",
     "ENCODERS",
+    "EfficientNetLite0Encoder",
+    "EfficientNetLite1Encoder",
+    "EfficientNetLite2Encoder",
+    "EfficientNetLiteEncoder",
     "Encoder",
     "KMeansEncoder",
     "MiniLMEncoder",
