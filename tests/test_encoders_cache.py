@@ -44,6 +44,7 @@ def images() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(23, 8, 8, 3), dtype=np.uint8)
 
 
+@pytest.mark.floats
 def test_second_call_does_no_encoding(tmp_path, images):
     enc = CountingEncoder()
     first = embed(enc, images, cache_dir=tmp_path, split="train", chunk_size=7)
@@ -56,6 +57,7 @@ def test_second_call_does_no_encoding(tmp_path, images):
     np.testing.assert_allclose(second, CountingEncoder().encode(images), rtol=1e-6)
 
 
+@pytest.mark.floats
 @pytest.mark.parametrize(
     "change",
     ["pixel", "order", "encoder_state", "split", "transform", "dtype"],
@@ -80,6 +82,7 @@ def test_any_changed_input_invalidates(tmp_path, images, change):
     np.testing.assert_allclose(out, enc.encode(imgs), rtol=1e-3)
 
 
+@pytest.mark.floats
 def test_interrupted_run_resumes_from_last_chunk(tmp_path, images):
     with pytest.raises(KeyboardInterrupt):
         embed(CountingEncoder(fail_after=15), images, cache_dir=tmp_path, chunk_size=5)
@@ -94,6 +97,7 @@ def test_interrupted_run_resumes_from_last_chunk(tmp_path, images):
     assert json.loads((folder / "manifest.json").read_text())["complete"]
 
 
+@pytest.mark.floats
 def test_float16_storage(tmp_path, images):
     out = embed(CountingEncoder(), images, cache_dir=tmp_path, dtype="float16")
     assert out.dtype == np.float16
@@ -102,6 +106,7 @@ def test_float16_storage(tmp_path, images):
         embed(CountingEncoder(), images, cache_dir=tmp_path, dtype="int8")
 
 
+@pytest.mark.floats
 def test_dataset_input_matches_array_and_fingerprints_content(tmp_path, images):
     from lra_diffusion.data import ImageDataset
 
@@ -122,6 +127,7 @@ def test_dataset_input_matches_array_and_fingerprints_content(tmp_path, images):
     assert dataset_fingerprint(Plain()) != dataset_fingerprint(images[::-1].copy())
 
 
+@pytest.mark.floats
 def test_fit_cached_fits_once(tmp_path, images):
     first = fit_cached(get_encoder("pixels", pca_dim=3), images, cache_dir=tmp_path)
     calls = []

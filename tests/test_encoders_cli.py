@@ -29,6 +29,7 @@ def _embed(data, *extra):
                                str(data / "cache"), "--quiet", *extra])
 
 
+@pytest.mark.floats
 def test_embed_writes_features_and_second_call_does_no_encoding(data, monkeypatch):
     res = _embed(data, "--encoder", "kmeans", *KMEANS, "--split", "test", "--out",
                  str(data / "f.npy"))
@@ -82,6 +83,7 @@ def test_embed_bad_input_exits_2_with_one_line(data, tmp_path):
     assert not (data / "x.npy").exists()
 
 
+@pytest.mark.floats
 def test_pretrain_simclr_runs_and_resumes(data):
     args = ["pretrain", "simclr", "--dataset", "npy", "--root", str(data), "--out",
             str(data / "run"), "--arch", "resnet18", "--width", "8", "--batch-size", "16",

@@ -50,6 +50,7 @@ def dino_dir(tmp_path_factory):
     return _tiny_dinov2(tmp_path_factory.mktemp("dinov2"))
 
 
+@pytest.mark.floats
 def test_clip_gives_the_image_embeds_of_the_model(clip_dir, images):
     enc = get_encoder("clip", model=clip_dir)
     feats = enc.encode(images, batch_size=2)
@@ -60,6 +61,7 @@ def test_clip_gives_the_image_embeds_of_the_model(clip_dir, images):
     np.testing.assert_allclose(feats, want.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.floats
 def test_dinov2_gives_the_cls_token(dino_dir, images):
     enc = get_encoder("dinov2", model=dino_dir)
     feats = enc.encode(images)
@@ -70,6 +72,7 @@ def test_dinov2_gives_the_cls_token(dino_dir, images):
     np.testing.assert_allclose(feats, out.last_hidden_state[:, 0].numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.floats
 def test_preprocessing_resizes_crops_and_normalises(clip_dir, dino_dir, images):
     clip = CLIPEncoder(model=clip_dir)
     x = clip.preprocess(images, torch.device("cpu"))
@@ -112,6 +115,7 @@ def test_loading_is_offline(clip_dir, monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+@pytest.mark.floats
 def test_hub_id_resolves_in_the_local_cache(clip_dir, tmp_path, monkeypatch, images):
     snapshot = tmp_path / "hub" / "models--acme--tiny-clip" / "snapshots" / "0123abc"
     snapshot.mkdir(parents=True)
@@ -137,6 +141,7 @@ def test_missing_weights_fail_fast_with_instructions(tmp_path, monkeypatch, name
         get_encoder(name, model=tmp_path / "half")
 
 
+@pytest.mark.floats
 def test_fingerprint_follows_the_weights(clip_dir, tmp_path, images):
     a = CLIPEncoder(model=clip_dir)
     b = CLIPEncoder(model=_tiny_clip(tmp_path / "same"))
@@ -156,6 +161,7 @@ def test_no_torchvision_import():
     assert hf_module.WEIGHT_FILES[0] == "model.safetensors"
 
 
+@pytest.mark.floats
 def test_images_of_different_sizes_are_resized_each(clip_dir):
     rng = np.random.default_rng(1)
     small = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)

@@ -44,6 +44,7 @@ def reference_features(enc: KMeansEncoder, images: np.ndarray) -> np.ndarray:
     return np.sqrt(out) if enc.sqrt_pool else np.array(out)
 
 
+@pytest.mark.floats
 def test_convolutional_encoding_matches_reference(fitted, images):
     ref = reference_features(fitted, images[:5])
     got = fitted._pooled(images[:5]).double().numpy()
@@ -60,6 +61,7 @@ def test_whitening_decorrelates_patches(fitted, images):
     assert np.abs(off).max() < 0.1 * np.diag(cov).max()
 
 
+@pytest.mark.floats
 def test_encode_shapes_standardisation_and_pca(fitted, images):
     feats = fitted.encode(images)
     assert feats.shape == (60, 4 * 16) and feats.dtype == np.float32
@@ -75,6 +77,7 @@ def test_encode_shapes_standardisation_and_pca(fitted, images):
     assert (grid3.encode(images[:2]) >= 0).all()
 
 
+@pytest.mark.floats
 def test_fit_is_deterministic_and_seeded(images):
     kw = dict(n_centroids=8, n_patches=2000, kmeans_iters=3, n_stats=30)
     a = KMeansEncoder(random_state=3, **kw).fit(images)
@@ -84,12 +87,17 @@ def test_fit_is_deterministic_and_seeded(images):
     np.testing.assert_array_equal(a.encode(images), b.encode(images))
 
 
+@pytest.mark.floats
 def test_save_load_round_trip(tmp_path, fitted, images):
     fitted.save(tmp_path)
-    again = load_encoder(tmp_path, batch_size=7)
-    assert isinstance(again, KMeansEncoder) and again.batch_size == 7
-    np.testing.assert_array_equal(again.encode(images), fitted.encode(images))
+    again = load_encoder(tmp_path)
+    np.testing.assert_array_equal(again.encode(images), fitted.encode(images))  # same batches: same bits
     assert again.fingerprint() == fitted.fingerprint()
+    other = load_encoder(tmp_path, batch_size=7)
+    assert isinstance(other, KMeansEncoder) and other.batch_size == 7
+    assert other.fingerprint() == fitted.fingerprint()
+    # other batches may round differently in the last bits (docs/reliability.md)
+    np.testing.assert_allclose(other.encode(images), fitted.encode(images), rtol=1e-5, atol=1e-5)
 
 
 def test_features_separate_textures():

@@ -32,6 +32,7 @@ def _trained(arch: str = "resnet18", seed: int = 1) -> SimCLREncoder:
     return enc
 
 
+@pytest.mark.floats
 @pytest.mark.parametrize("arch,dim", [("resnet18", 64), ("resnet50", 256)])
 def test_official_layout_loads_strictly_and_gives_identical_features(tmp_path, images, arch, dim):
     ours = _trained(arch)
@@ -68,6 +69,7 @@ def test_renaming_round_trips():
     assert official_to_ours(ours_to_official(state)).keys() == state.keys()
 
 
+@pytest.mark.floats
 def test_safetensors_and_save_load_round_trip(tmp_path, images):
     from safetensors.torch import save_file
 
@@ -90,6 +92,7 @@ def test_unfitted_encoder_explains_how_to_get_weights(images):
         SimCLREncoder(arch="resnet34")
 
 
+@pytest.mark.floats
 def test_augment_is_seeded_and_keeps_range(images):
     x = torch.from_numpy(images[:8]).permute(0, 3, 1, 2).float() / 255
     a = simclr_augment(x, torch.Generator().manual_seed(0))
@@ -115,6 +118,7 @@ def test_nt_xent_prefers_matching_views():
     assert abs(float(rand) - np.log(511)) < 0.1
 
 
+@pytest.mark.floats
 def test_pretrain_loss_decreases_and_resume_is_exact(tmp_path, images):
     common = dict(arch="resnet18", width=8, batch_size=16, lr=3e-3, seed=0, log=lambda m: None)
     full = pretrain_simclr(images, epochs=4, checkpoint_dir=tmp_path / "full", **common)
