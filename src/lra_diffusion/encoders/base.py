@@ -232,7 +232,11 @@ class Encoder:
         return cls(**config)
 
     def fingerprint(self) -> str:
-        """Hex digest of name, config and state: equal fingerprints give equal features."""
+        """Hex digest of name, config and state: equal fingerprints give equal features.
+
+        Equal to the bit with the same batch size and device on the same machine; the runtime options
+        (batch size, device) are left out because they change only the rounding (docs/reliability.md).
+        """
         self.check_is_fitted()
         h = hashlib.sha256()
         cfg = {k: v for k, v in self.config().items() if k not in _RUNTIME_OPTIONS}

@@ -12,6 +12,10 @@ the encoder's fingerprint (name, config and weights / learned state), the split,
 the storage dtype. A run writes ``chunk_size`` rows at a time into a memory-mapped ``.npy`` file and
 records the rows done in the manifest (written atomically) after each chunk, so an interrupted run
 resumes from the last finished chunk; the finished file is moved into place with ``os.replace``.
+
+A cache hit returns the bytes that were written. A resumed run writes what an uninterrupted one would,
+bit for bit, when ``chunk_size`` and the encoder's batch size are unchanged (each chunk starts a new
+batch); the key leaves them out because other batches change only the rounding.
 """
 
 from __future__ import annotations
