@@ -25,6 +25,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from . import __version__
 from .io import write_json
+from .models import fit_softmax_regression
 
 
 @dataclass
@@ -59,20 +60,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         X = torch.as_tensor(np.asarray(X, dtype=np.float32))
         self.mean_, self.std_ = X.mean(0), X.std(0).clamp_min(1e-6)
         Xs = (X - self.mean_) / self.std_
-        yt = torch.as_tensor(y_idx)
         C = max(len(self.classes_), 2)
-        self.W_ = torch.zeros(X.shape[1], C, requires_grad=True)
-        self.b_ = torch.zeros(C, requires_grad=True)
-        opt = torch.optim.LBFGS([self.W_, self.b_], max_iter=self.max_iter, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20)
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(Xs @ self.W_ + self.b_, yt) + 0.5 * self.l2 * self.W_.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        self.W_, self.b_ = fit_softmax_regression(Xs, torch.as_tensor(y_idx), C, l2=self.l2, max_iter=self.max_iter)
         return self
 
     def predict_proba(self, X):

@@ -40,7 +40,10 @@ class DiffusionConfig:
     ddim_spacing: Literal["leading", "linspace", "trailing"] = "leading"  # leading = 901, 801, ..., 1
     readout: Literal["closest", "argmax"] = "closest"  # closest-to-1 as the paper, or plain argmax
     proba_temperature: float = 0.1  # predict_proba = softmax(-(y0 - 1)^2 / temperature)
-    stochastic_eta: float = 1.0  # eta of the stochastic runs (n_samples > 1), which start from N(0, I)
+    stochastic_eta: float = 1.0  # eta of the stochastic runs (n_samples > 1), which start from N(f_q, I)
+    # CARD's prior mean f_q(x): "zero" as the reference code, or "linear" = a logistic regression fitted
+    # on the noisy labels (models/prior.py); the diffusion is centred at it and starts from it
+    prior: Literal["zero", "linear"] = "zero"
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ class RetrievalConfig:
 class TrainConfig:
     """Optimisation, model selection and checkpointing."""
 
-    epochs: int | None = None  # None = auto: enough epochs for about `auto_steps` optimiser steps
+    epochs: int | None = None  # None = auto: at least `auto_steps` optimiser steps and `auto_epochs` epochs
     auto_steps: int = 2000
+    auto_epochs: float = 0.0
     batch_size: int = 256
     lr: float = 1e-3
     warmup_fraction: float = 0.025  # linear warm-up over this fraction of all steps, then half-cosine
@@ -171,6 +175,7 @@ class Config:
             (d.readout in ("closest", "argmax"), "diffusion.readout must be 'closest' or 'argmax'"),
             (d.proba_temperature > 0, "diffusion.proba_temperature must be > 0"),
             (d.stochastic_eta >= 0, "diffusion.stochastic_eta must be >= 0"),
+            (d.prior in ("zero", "linear"), "diffusion.prior must be 'zero' or 'linear'"),
             (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
             (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),
             (r.k >= 0, "retrieval.k must be >= 0"),
@@ -178,6 +183,7 @@ class Config:
             (r.backend in ("auto", "torch", "faiss"), "retrieval.backend must be 'auto', 'torch' or 'faiss'"),
             (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
+            (t.auto_epochs >= 0, "train.auto_epochs must be >= 0"),
             (t.batch_size >= 2, "train.batch_size must be >= 2"),
             (t.lr > 0, "train.lr must be > 0"),
             (0 <= t.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),

@@ -291,10 +291,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         est.n_features_in_ = info["n_features_in"]
         est.seed_ = info["seed"]
         tensors, _ = load_tensors(run_dir / "model.safetensors")
-        model = LabelDenoiser(
-            len(est.classes_), est.n_features_in_, feature_dim=config.model.feature_dim,
-            timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder,
-        )
+        model = LabelDenoiser.from_config(len(est.classes_), est.n_features_in_, config)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:

@@ -32,7 +32,7 @@ def predict_y0(
 ) -> torch.Tensor:
     """DDIM label vectors y0 (N, C) for ``features`` (N, D), float32, on the CPU.
 
-    Deterministic (default): eta = 0 from y_T = 0, as the paper. ``stochastic=True``: y_T ~ N(0, I) and
+    Deterministic (default): eta = 0 from y_T = 0, as the paper (from y_T = f_q(x) with CARD's prior). ``stochastic=True``: y_T ~ N(0, I) and
     eta = ``config.stochastic_eta``, one independent run per call; the noise comes from ``generator``
     (a CPU generator gives the same draws on every device).
 
@@ -52,13 +52,16 @@ def predict_y0(
     for xb in batches_to_device(x, batch_size, dev):
         shape = (len(xb), model.num_classes)
         y_T = (torch.randn(shape, generator=generator) if stochastic else torch.zeros(shape)).to(dev)
+        prior = net.prior_mean(xb)  # CARD: y_T = f_q(x) (+ noise), None = the paper's zero prior
+        if prior is not None:
+            y_T = y_T + prior
         eta = config.stochastic_eta if stochastic else 0.0
 
-        def eps_fn(y: torch.Tensor, t: torch.Tensor, xb: torch.Tensor = xb) -> torch.Tensor:
+        def eps_fn(y: torch.Tensor, t: torch.Tensor, xb: torch.Tensor = xb, prior=prior) -> torch.Tensor:
             with autocast_context(dev, amp):
-                return net(xb, y, t).float()
+                return net(xb, y, t, prior).float()
 
-        out.append(ddim_sample(eps_fn, y_T, alpha_bar, ts, eta=eta, generator=generator).cpu())
+        out.append(ddim_sample(eps_fn, y_T, alpha_bar, ts, eta=eta, generator=generator, prior=prior).cpu())
     net.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, model.num_classes)
 

@@ -32,7 +32,7 @@ from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
 from .io import load_tensors, save_tensors, sha256_array
-from .models import LabelDenoiser
+from .models import LabelDenoiser, fit_prior
 from .retrieval import NeighbourLabelSampler, knn
 
 
@@ -62,6 +62,12 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def auto_epochs(tc, steps_per_epoch: int) -> int:
+    """The automatic training length: enough epochs for ``auto_steps`` optimiser steps and at least
+    ``auto_epochs`` passes over the data, so small sets get enough updates and large ones enough passes."""
+    return max(1, math.ceil(tc.auto_steps / steps_per_epoch), math.ceil(tc.auto_epochs))
 
 
 def check_inputs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, what: str = "") -> None:
@@ -117,8 +123,9 @@ def training_step(
     y0 = torch.nn.functional.one_hot(labels, model.num_classes).float()
     t = to_device(antithetic_timesteps(len(x), len(alpha_bar), generator=generator), dev)
     eps = to_device(torch.randn(y0.shape, generator=generator), dev)
+    prior = model.prior_mean(x)  # CARD's f_q(x), None for the zero prior
     with autocast_context(dev, amp):
-        eps_pred = (model if forward is None else forward)(x, q_sample(y0, t, eps, alpha_bar), t)
+        eps_pred = (model if forward is None else forward)(x, q_sample(y0, t, eps, alpha_bar, prior), t, prior)
     loss = weighted_eps_loss(eps_pred.float(), eps, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -187,11 +194,10 @@ def train(
     # seed it inside a fork that restores the caller's state afterwards.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        model = LabelDenoiser(
-            num_classes, x.shape[1], feature_dim=config.model.feature_dim, timesteps=dc.timesteps,
-            x_encoder=config.model.x_encoder,
-        )
+        model = LabelDenoiser.from_config(num_classes, x.shape[1], config)
     model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    if model.has_prior:
+        fit_model_prior(model, x, y_np, val_features, val_labels, gen)
     x = to_device(x, dev)  # the whole (N, D) training matrix: batches are gathered on the device
     model.to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -203,7 +209,7 @@ def train(
 
     batch = min(tc.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: the order changes every epoch
-    epochs = tc.epochs or max(1, math.ceil(tc.auto_steps / steps_per_epoch))
+    epochs = tc.epochs or auto_epochs(tc, steps_per_epoch)
     total = epochs * steps_per_epoch
     warmup = int(round(tc.warmup_fraction * total))
     # Selection candidates: `evals` epochs spread over the part of the run after `select_after`.
@@ -286,6 +292,18 @@ def train(
         seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
         resumed_from=resumed_from,
     )
+
+
+def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_features: np.ndarray | None,
+                    val_labels: np.ndarray | None, generator: torch.Generator) -> None:
+    """Fit CARD's linear prior f_q on the standardised training features and (noisy) labels, its L2
+    chosen on the validation data, and store it in ``model``."""
+    with torch.no_grad():
+        f = model.standardise(x)
+        f_val = None if val_features is None else model.standardise(torch.from_numpy(val_features))
+    y_val = None if val_labels is None else torch.from_numpy(val_labels)
+    prior = fit_prior(f, torch.from_numpy(y), model.num_classes, f_val=f_val, y_val=y_val, generator=generator)
+    model.set_prior(prior.weight, prior.bias)
 
 
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -80,6 +80,7 @@ def ddim_sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     final_alpha_bar: float | None = None,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run DDIM from ``y_T`` over descending ``timesteps``; return the last step's y0 estimate (B, C).
 
@@ -93,20 +94,26 @@ def ddim_sample(
     generator : source of the step noise when ``eta > 0``.
     final_alpha_bar : alpha-bar used after the last timestep; default ``alpha_bar[0]`` (diffusers'
         ``set_alpha_to_one=False``).
+    prior : (B, C) CARD's prior mean f_q(x), or None for zero. With a prior the forward process is
+        ``y_t - f_q = sqrt(a_t) (y0 - f_q) + sqrt(1 - a_t) eps``, so DDIM runs unchanged on the shifted
+        vectors ``y - f_q`` (CARD's reverse step, Han et al. 2022, eq. 9 with eta = 0); ``y_T`` is given
+        in unshifted coordinates (``y_T = f_q`` is the deterministic start of CARD) and ``eps_fn`` sees
+        unshifted ``y_t``.
     """
     alpha_bar = alpha_bar.to(y_T.device)
     final = alpha_bar[0] if final_alpha_bar is None else torch.as_tensor(final_alpha_bar, dtype=alpha_bar.dtype)
-    y = y_T
-    y0_pred = y_T
+    shift = torch.zeros_like(y_T) if prior is None else prior.to(y_T)
+    y = y_T - shift
+    y0_pred = y
     ts = [int(t) for t in timesteps]
     for i, t in enumerate(ts):
         a_prev = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else final
         t_batch = torch.full((y.shape[0],), t, dtype=torch.int64, device=y.device)
-        eps_pred = eps_fn(y, t_batch)
+        eps_pred = eps_fn(y + shift, t_batch)
         noise = None
         if eta > 0:
             # drawn where the generator lives (a CPU generator gives the same noise on every device)
             where = y.device if generator is None else generator.device
             noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=where).to(y.device)
         y, y0_pred = ddim_step(y, eps_pred, alpha_bar[t], a_prev, eta=eta, noise=noise)
-    return y0_pred
+    return y0_pred + shift

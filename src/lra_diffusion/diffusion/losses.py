@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def q_sample(y0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Forward process (DDPM eq. 4): y_t = sqrt(alpha_bar_t) y0 + sqrt(1 - alpha_bar_t) eps.
+def q_sample(
+    y0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, prior: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Forward process with CARD's prior mean (Han et al. 2022, eq. 2; DDPM eq. 4 when ``prior`` is None):
 
-    CARD's prior mean f_q(x) is zero here, as in the reference code.
+    y_t = sqrt(alpha_bar_t) y0 + (1 - sqrt(alpha_bar_t)) f_q(x) + sqrt(1 - alpha_bar_t) eps.
+
+    The reference code of LRA-diffusion keeps f_q(x) = 0 (``prior=None``).
 
     Parameters
     ----------
@@ -16,9 +20,11 @@ def q_sample(y0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: to
     t : (B,) int64 timesteps in 0..T-1.
     eps : (B, C) standard normal noise.
     alpha_bar : (T,) cumulative alphas.
+    prior : (B, C) prior mean f_q(x), or None for zero.
     """
     ab = alpha_bar.to(y0.dtype)[t].unsqueeze(-1)
-    return ab.sqrt() * y0 + (1 - ab).sqrt() * eps
+    y_t = ab.sqrt() * y0 + (1 - ab).sqrt() * eps
+    return y_t if prior is None else y_t + (1 - ab.sqrt()) * prior
 
 
 def antithetic_timesteps(

@@ -27,15 +27,21 @@ class ConditionalLinear(nn.Module):
 class LabelDenoiser(nn.Module):
     """eps_theta(y_t, x, t): predicts the noise in a noised label vector, conditioned on features.
 
-    Both conditioning inputs come from one cached feature vector ``f`` of the sample:
+    Both conditioning inputs come from one cached feature vector ``f`` of the sample (and, with
+    ``prior=True``, CARD's prior mean ``f_q``, a third one):
 
     - ``f_p(x)`` = the standardised feature, concatenated with ``y_t`` (the paper's retrieval space);
     - the encoding of x, ``x_e = BN(E(f))`` with E a linear projection to F, trainable by default
       (the paper intends a trainable image encoder; ``x_encoder="frozen"`` keeps it a fixed random
       projection, the ablation closest to the official CIFAR script).
 
-    ``h1 = softplus(BN(g1[t] W1 [y_t; f]))``, ``h = x_e * h1``, ``h2 = softplus(BN(g2[t] W2 h))``,
-    ``h3 = softplus(BN(g3[t] W3 h2))``, output ``W4 h3`` (C values).
+    - ``f_q(x) = softmax(f W_q + b_q)``, CARD's prior mean (Han et al. 2022): a frozen linear classifier
+      fitted on the noisy labels before the denoiser trains (:func:`lra_diffusion.models.fit_prior`),
+      stored as buffers ``prior_weight`` (D, C) and ``prior_bias`` (C); it centres the diffusion
+      (:func:`lra_diffusion.diffusion.q_sample`) and is concatenated to ``y_t`` as in CARD.
+
+    ``h1 = softplus(BN(g1[t] W1 [y_t; f_q; f]))`` (``[y_t; f]`` without a prior), ``h = x_e * h1``,
+    ``h2 = softplus(BN(g2[t] W2 h))``, ``h3 = softplus(BN(g3[t] W3 h2))``, output ``W4 h3`` (C values).
 
     Parameters
     ----------
@@ -44,6 +50,8 @@ class LabelDenoiser(nn.Module):
     feature_dim : F, the hidden width (512 as the paper's CIFAR model).
     timesteps : T.
     x_encoder : "trainable" or "frozen".
+    prior : condition on (and centre the diffusion at) a linear prior mean f_q(x); its weights start
+        at zero (f_q = uniform) until :meth:`set_prior` is called.
     """
 
     def __init__(
@@ -54,9 +62,10 @@ class LabelDenoiser(nn.Module):
         feature_dim: int = 512,
         timesteps: int = 1000,
         x_encoder: str = "trainable",
+        prior: bool = False,
     ):
         super().__init__()
-        self.num_classes, self.input_dim = num_classes, input_dim
+        self.num_classes, self.input_dim, self.has_prior = num_classes, input_dim, prior
         # fixed input standardisation, set from the training features by the trainer
         self.register_buffer("feat_mean", torch.zeros(input_dim))
         self.register_buffer("feat_std", torch.ones(input_dim))
@@ -64,13 +73,23 @@ class LabelDenoiser(nn.Module):
         self.norm_x = nn.BatchNorm1d(feature_dim)
         if x_encoder == "frozen":
             self.encoder_x.requires_grad_(False)
-        self.lin1 = ConditionalLinear(num_classes + input_dim, feature_dim, timesteps)
+        if prior:
+            self.register_buffer("prior_weight", torch.zeros(input_dim, num_classes))
+            self.register_buffer("prior_bias", torch.zeros(num_classes))
+        self.lin1 = ConditionalLinear(num_classes * (2 if prior else 1) + input_dim, feature_dim, timesteps)
         self.norm1 = nn.BatchNorm1d(feature_dim)
         self.lin2 = ConditionalLinear(feature_dim, feature_dim, timesteps)
         self.norm2 = nn.BatchNorm1d(feature_dim)
         self.lin3 = ConditionalLinear(feature_dim, feature_dim, timesteps)
         self.norm3 = nn.BatchNorm1d(feature_dim)
         self.lin4 = nn.Linear(feature_dim, num_classes)
+
+    @classmethod
+    def from_config(cls, num_classes: int, input_dim: int, config) -> LabelDenoiser:
+        """The denoiser a :class:`~lra_diffusion.config.Config` describes (weights from torch's RNG)."""
+        return cls(num_classes, input_dim, feature_dim=config.model.feature_dim,
+                   timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder,
+                   prior=config.diffusion.prior == "linear")
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feat_mean.copy_(mean)
@@ -79,11 +98,37 @@ class LabelDenoiser(nn.Module):
         # by ~0 blew other values up into inf / NaN and std 1 fed them into untrained weights
         self.feat_std.copy_(torch.where(std > 1e-6, std, torch.full_like(std, float("inf"))))
 
-    def forward(self, features: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """features (B, D), y_t (B, C), t (B,) int64 -> eps_pred (B, C)."""
-        f = (features - self.feat_mean) / self.feat_std
+    def set_prior(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the prior classifier, weight (D, C) and bias (C) over the *standardised* features."""
+        if not self.has_prior:
+            raise ValueError("this denoiser was built without a prior (prior=False)")
+        self.prior_weight.copy_(weight)
+        self.prior_bias.copy_(bias)
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, D): the fixed input standardisation of the training features."""
+        return (features - self.feat_mean) / self.feat_std
+
+    def prior_mean(self, features: torch.Tensor) -> torch.Tensor | None:
+        """CARD's prior mean f_q(x), (B, C) class probabilities; None when built without a prior."""
+        if not self.has_prior:
+            return None
+        return torch.softmax(self.standardise(features) @ self.prior_weight + self.prior_bias, dim=1)
+
+    def forward(self, features: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, D), y_t (B, C), t (B,) int64 -> eps_pred (B, C).
+
+        ``prior``: f_q(x) (B, C) if the caller computed it already (else it is computed here).
+        """
+        f = self.standardise(features)
         x_e = self.norm_x(self.encoder_x(f))
-        h = F.softplus(self.norm1(self.lin1(torch.cat([y_t, f], dim=1), t)))
+        if self.has_prior:
+            prior = self.prior_mean(features) if prior is None else prior
+            h = torch.cat([y_t, prior, f], dim=1)
+        else:
+            h = torch.cat([y_t, f], dim=1)
+        h = F.softplus(self.norm1(self.lin1(h, t)))
         h = x_e * h
         h = F.softplus(self.norm2(self.lin2(h, t)))
         h = F.softplus(self.norm3(self.lin3(h, t)))

@@ -1,0 +1,253 @@
+"""The public defaults suite: ``LRAClassifier()`` with no arguments against strong baselines.
+
+Every row fits LRA-diffusion with the package defaults and, on the same features, the same noisy
+training labels and the same *noisy* held-out slice (10% of the training rows, used by every method for
+model selection: L2 of the logistic regression, best epoch of the MLP, the denoiser's selection):
+logistic regression, a 2-layer MLP, a 10-NN vote and cleanlab's ``CleanLearning`` (around the logistic
+regression). Test sets have clean labels. Where the clean training labels are known, it also scores the
+training labels: ours (:func:`lra_diffusion.issues.find_label_issues`, package defaults, in-sample from
+the fitted model) against cleanlab (``find_label_issues`` on 5-fold logistic-regression ``pred_probs``),
+F1 of the flags and AUROC of the scores.
+
+Rows (``--rows``; ``--quick`` = the fast ones at one seed):
+
+* ``digits-sym-0.4``: scikit-learn's digits, the ``lra demo`` split and noise;
+* ``b77-sym-0.2``, ``b77-sym-0.4``, ``b77-inst-0.4``, ``ag-news``: Banking77 / NoisyAG-News on
+  all-MiniLM-L6-v2 embeddings (``benchmarks/text.py`` builds them through the feature cache);
+* ``c10-kmeans-pmd-0.35``, ``c10-kmeans-aggre``, ``c10-kmeans-worse``: the shared CIFAR-10 on the
+  k-means encoder's features, PCA to 512; ``c10-effnet-pmd-0.35``, ``c10-effnet-aggre``,
+  ``c10-effnet-worse``: on the EfficientNet-Lite features (the image default), PCA to 256;
+* ``synth-200``: a 200-class Gaussian-cluster problem (``make_classification``, 40,000 train), 40%
+  symmetric noise; ``synth-2``: a 2-class one (20,000 train), 30% symmetric noise.
+
+Usage::
+
+    python benchmarks/defaults.py --quick
+    python benchmarks/defaults.py --seeds 0 1 2 --write      # results/defaults/*.json + BENCHMARKS.md
+
+Never run as a unit test: the full suite takes hours on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lra_diffusion.benchmark import (
+    Split,
+    cifar10_features,
+    cifar10_split,
+    read_results,
+    reduce_features,
+    replace_section,
+    run_baselines,
+    write_result,
+)
+from lra_diffusion.data import symmetric_noise
+from lra_diffusion.estimator import LRAClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+HOLDOUT = 0.1
+BASELINES = ("linear", "mlp", "knn", "cleanlab")
+
+
+def holdout_split(X, y_noisy, y_clean, X_test, y_test, seed: int) -> Split:
+    """Split the training rows into train and a 10% noisy hold-out (seeded)."""
+    perm = np.random.default_rng(seed + 1000).permutation(len(y_noisy))
+    n_val = int(round(HOLDOUT * len(y_noisy)))
+    val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return Split(X[tr], y_noisy[tr], y_clean[tr], X[val], y_noisy[val], X_test, y_test, val_is_clean=False)
+
+
+def digits_row(seed: int) -> Split:
+    from lra_diffusion.demo import demo_data
+
+    d = demo_data(seed)
+    return holdout_split(d.X_train, d.y_train_noisy, d.y_train_clean, d.X_test, d.y_test, seed)
+
+
+def synthetic_row(classes: int, n_train: int, rate: float, features: int, informative: int,
+                  clusters: int, sep: float) -> Callable[[int], Split]:
+    def make(seed: int) -> Split:
+        from sklearn.datasets import make_classification
+
+        X, y = make_classification(n_samples=n_train + n_train // 4, n_features=features, n_informative=informative,
+                                   n_redundant=0, n_classes=classes, n_clusters_per_class=clusters,
+                                   class_sep=sep, flip_y=0.0, random_state=seed)
+        X = X.astype(np.float32)
+        noisy, _ = symmetric_noise(y[:n_train], rate=rate, rng=np.random.default_rng(seed), num_classes=classes)
+        return holdout_split(X[:n_train], noisy, y[:n_train], X[n_train:], y[n_train:], seed)
+
+    return make
+
+
+_TEXT: dict = {}
+
+
+def text_row(setting: str) -> Callable[[int], Split]:
+    def make(seed: int) -> Split:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import text
+
+        key = "ag-news" if setting == "ag-news" else "b77"
+        if key not in _TEXT:
+            _TEXT.update(text.embed_sets(ROOT / "cache" / "features", {key})[0])
+        return text.make_split(setting, _TEXT, seed)[0]
+
+    return make
+
+
+_CIFAR: dict = {}
+CIFAR_ENCODERS = {"kmeans": ("kmeans", 512), "effnet": ("efficientnet-lite0", 256)}
+
+
+def cifar_row(encoder: str, setting: str) -> Callable[[int], Split]:
+    def make(seed: int) -> Split:
+        name, dim = CIFAR_ENCODERS[encoder]
+        root = SHARED / "cifar10"
+        if encoder not in _CIFAR:
+            train, test = cifar10_features(name, root, ROOT / "cache" / "features")
+            train, test = reduce_features(train, test, dim, seed=0)
+            if encoder == "effnet":  # the issue's protocol: PCA 256, L2-normalised
+                train /= np.linalg.norm(train, axis=1, keepdims=True)
+                test /= np.linalg.norm(test, axis=1, keepdims=True)
+            _CIFAR[encoder] = (train, test)
+        train, test = _CIFAR[encoder]
+        # every CIFAR row uses all 50,000 training images with a noisy 10% hold-out (no clean labels)
+        full = cifar10_split({"pmd-0.35": "c10n-worse"}.get(setting, setting), train, test, root, holdout=0)
+        clean = full.y_train_clean
+        if setting == "pmd-0.35":
+            from lra_diffusion.data import load_pmd_labels
+
+            noisy = load_pmd_labels(root / "noisy_labels" / "pmd" / "cifar10-1-0.35.npy")
+            n = len(noisy)
+            return holdout_split(train[:n], noisy, clean[:n], test, full.y_test, seed)
+        return holdout_split(train, full.y_train, clean, test, full.y_test, seed)
+
+    return make
+
+
+ROWS: dict[str, Callable[[int], Split]] = {
+    "digits-sym-0.4": digits_row,
+    "b77-sym-0.2": text_row("b77-sym-0.2"),
+    "b77-sym-0.4": text_row("b77-sym-0.4"),
+    "b77-inst-0.4": text_row("b77-inst-0.4"),
+    "ag-news": text_row("ag-news"),
+    "c10-kmeans-pmd-0.35": cifar_row("kmeans", "pmd-0.35"),
+    "c10-kmeans-aggre": cifar_row("kmeans", "c10n-aggre"),
+    "c10-kmeans-worse": cifar_row("kmeans", "c10n-worse"),
+    "c10-effnet-pmd-0.35": cifar_row("effnet", "pmd-0.35"),
+    "c10-effnet-aggre": cifar_row("effnet", "c10n-aggre"),
+    "c10-effnet-worse": cifar_row("effnet", "c10n-worse"),
+    "synth-200": synthetic_row(200, 40_000, 0.4, 64, 48, 1, 2.0),
+    "synth-2": synthetic_row(2, 20_000, 0.3, 32, 8, 4, 1.0),
+}
+QUICK = ("digits-sym-0.4", "synth-2", "b77-sym-0.4", "synth-200")
+
+
+def label_issues(split: Split, est: LRAClassifier, seed: int) -> dict:
+    """F1 and AUROC of ours (package defaults, in-sample) and of cleanlab (5-fold LR) on the training rows."""
+    from lra_diffusion.issues import cleanlab_issues, find_label_issues
+
+    out = {}
+    for name, fit in (
+        ("lra", lambda: find_label_issues(split.X_train, split.y_train, estimator=est, cv=None,
+                                          true_labels=split.y_train_clean, random_state=seed)),
+        ("cleanlab", lambda: cleanlab_issues(split.X_train, split.y_train, true_labels=split.y_train_clean,
+                                             random_state=seed)),
+    ):
+        start = time.perf_counter()
+        m = fit().metrics()
+        out[name] = {"f1": m["f1"], "auroc": m["auroc"], "seconds": time.perf_counter() - start}
+    return out
+
+
+def run_row(row: str, seed: int, *, issues: bool, lra_kwargs: dict | None = None) -> dict:
+    split = ROWS[row](seed)
+    C = int(max(split.y_train.max(), split.y_test.max())) + 1
+    info = {"n_train": len(split.y_train), "n_val": len(split.y_val), "n_test": len(split.y_test),
+            "dim": split.X_train.shape[1], "classes": C,
+            "noise_rate": float((split.y_train != split.y_train_clean).mean())}
+    print(f"[{row} seed {seed}] {info}", flush=True)
+    start = time.perf_counter()
+    est = LRAClassifier(random_state=seed, **(lra_kwargs or {}))
+    est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
+    lra = {"test_accuracy": float(est.score(split.X_test, split.y_test)), "seconds": time.perf_counter() - start,
+           "epochs": est.fit_info_["epochs"], "steps": est.fit_info_["steps"],
+           "best_val_accuracy": est.fit_info_["best_val_accuracy"], "k": est.config_.retrieval.k}
+    print(f"[{row} seed {seed}] LRA-diffusion {lra['test_accuracy']:.4f} ({lra['seconds']:.0f} s, "
+          f"{lra['epochs']} epochs, k={lra['k']})", flush=True)
+    baselines = run_baselines(split, seed=seed, methods=BASELINES)
+    print(f"[{row} seed {seed}] " + ", ".join(f"{k} {v['test_accuracy']:.4f}" for k, v in baselines.items()),
+          flush=True)
+    record = {"benchmark": "defaults", "row": row, "seed": seed, **info, "lra": lra, "baselines": baselines,
+              "lra_config": est.config_.to_dict()}
+    if issues:
+        record["issues"] = label_issues(split, est, seed)
+        i = record["issues"]
+        print(f"[{row} seed {seed}] issues F1/AUROC: LRA {i['lra']['f1']:.4f}/{i['lra']['auroc']:.4f}, "
+              f"cleanlab {i['cleanlab']['f1']:.4f}/{i['cleanlab']['auroc']:.4f}", flush=True)
+    return record
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: per row, medians over seeds of every method, the margin to the best baseline, fit times."""
+    head = ("| row | N train / C / D | seeds | LRA-diffusion | logistic reg. | MLP | 10-NN | cleanlab | "
+            "LRA - best baseline | LRA fit s | issues F1 / AUROC: LRA | cleanlab |")
+    lines = [head, "|" + "---|" * 12]
+    for row in ROWS:
+        rs = [r for r in results if r["row"] == row]
+        if not rs:
+            continue
+        lra = _median([r["lra"]["test_accuracy"] for r in rs])
+        base = {m: _median([r["baselines"][m]["test_accuracy"] for r in rs]) for m in BASELINES}
+        best = max(base.values())
+        iss = [r["issues"] for r in rs if "issues" in r]
+
+        def fa(who):
+            if not iss:
+                return "-"
+            return f"{_median([i[who]['f1'] for i in iss]):.4f} / {_median([i[who]['auroc'] for i in iss]):.4f}"
+
+        cells = [f"{base[m]:.4f}" for m in BASELINES]
+        lines.append(
+            f"| {row} | {rs[0]['n_train']:,} / {rs[0]['classes']} / {rs[0]['dim']} | {len(rs)} | **{lra:.4f}** | "
+            + " | ".join(cells) + f" | {100 * (lra - best):+.2f} pt | "
+            f"{_median([r['lra']['seconds'] for r in rs]):.0f} | {fa('lra')} | {fa('cleanlab')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--quick", action="store_true", help=f"rows {', '.join(QUICK)} at seed 0")
+    ap.add_argument("--no-issues", action="store_true", help="skip the label-issue scores")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "defaults")
+    ap.add_argument("--write", action="store_true", help="write the BENCHMARKS.md table from --out")
+    args = ap.parse_args()
+    rows = args.rows or (list(QUICK) if args.quick else list(ROWS))
+    for row in rows:
+        for seed in args.seeds:
+            record = run_row(row, seed, issues=not args.no_issues)
+            write_result(args.out / f"{row}-seed{seed}.json", record)
+    results = read_results(args.out)
+    print(table(results))
+    if args.write:
+        replace_section(ROOT / "BENCHMARKS.md", "defaults", table(results))
+
+
+if __name__ == "__main__":
+    main()
