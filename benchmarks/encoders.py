@@ -11,6 +11,15 @@ feature cache (so a second run reuses the features), then reports
 Usage::
 
     python benchmarks/encoders.py --encoders kmeans,pixels --cache-dir cache/features
+    python benchmarks/encoders.py --encoders efficientnet-lite0:image_size=160
+    python benchmarks/encoders.py --compare efficientnet-lite0@128,efficientnet-lite0@160 --subset 5000,1000
+    python benchmarks/encoders.py --speed efficientnet-lite0@160,efficientnet-lite0@224 --speed-n 300
+
+An encoder may carry options, ``NAME:key=value;key=value`` (e.g. ``efficientnet-lite0:image_size=224``).
+``--compare`` embeds a subset (the first N train and M test images, canonical order) once per
+``MODEL@SIZE`` with the pooled head and last block, unnormalised, and scores the feature variants
+(head / head+last, raw / L2-normalised) by 10-NN and linear probe, with the wall and CPU time of the
+pass. ``--speed`` times the forward pass per model, size and memory layout on a few hundred images.
 
 The features are also written to ``<cache-dir>/<encoder>/{train,test}.npy`` (float32) for reuse.
 
@@ -143,6 +152,94 @@ def linear_probe(
     return {"l2": best, "val": val_acc[best], "test": probe_accuracy(w, b, xte, test_y)}
 
 
+def parse_encoder_spec(spec: str) -> tuple[str, dict]:
+    """``"name:key=value;key=value"`` -> ``(name, options)``."""
+    from lra_diffusion.encoders.commands import parse_options
+
+    name, _, opts = spec.partition(":")
+    return name, parse_options([o for o in opts.split(";") if o])
+
+
+def timed_encode(enc, images: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(features, wall s, CPU s of this process) of one encode pass."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    feats = enc.encode(images)
+    return feats, time.perf_counter() - t0, time.process_time() - c0
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def compare(specs: list[str], subset: tuple[int, int], root: str, out_dir: Path) -> list[dict]:
+    """Score EfficientNet-Lite variants (``MODEL@SIZE``) on a subset of the shared CIFAR-10."""
+    from lra_diffusion.data import load_shared_cifar10
+    from lra_diffusion.encoders import get_encoder
+
+    n_tr, n_te = subset
+    x_train, y_train = load_shared_cifar10(root, "train", progress=False)
+    x_test, y_test = load_shared_cifar10(root, "test", progress=False)
+    images = np.concatenate([x_train[:n_tr], x_test[:n_te]])
+    y_tr, y_te = y_train[:n_tr], y_test[:n_te]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in specs:
+        model, _, size = spec.partition("@")
+        path = out_dir / f"{model}-{size}-{n_tr}-{n_te}.npy"
+        enc = get_encoder(model, image_size=int(size), features="head+last", normalize=False,
+                          channels_last=True)
+        wall = cpu = float("nan")
+        if path.is_file():
+            feats = np.load(path)
+            meta = json.loads(path.with_suffix(".json").read_text())
+            wall, cpu = meta["wall_s"], meta["cpu_s"]
+        else:
+            feats, wall, cpu = timed_encode(enc, images)
+            np.save(path, feats)
+            path.with_suffix(".json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}) + "\n")
+        for variant in ("head", "head+last"):
+            f = feats[:, :1280] if variant == "head" else feats
+            for norm in (False, True):
+                g = l2n(f) if norm else f
+                knn = knn_accuracy(g[:n_tr], y_tr, g[n_tr:], y_te, k=10)
+                probe = linear_probe(g[:n_tr], y_tr, g[n_tr:], y_te, val_start=int(0.9 * n_tr),
+                                     l2_grid=(1e-3, 3e-3, 1e-2, 3e-2))
+                row = {"model": model, "size": int(size), "features": variant, "normalize": norm,
+                       "dim": g.shape[1], "knn10": knn, "probe": probe["test"], "probe_l2": probe["l2"],
+                       "img_per_s_wall": len(images) / wall, "img_per_cpu_s": len(images) / cpu}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print("| model | px | features | L2-norm | dim | 10-NN | linear probe | img/s wall | img/CPU-s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['size']} | {r['features']} | {'yes' if r['normalize'] else 'no'} | {r['dim']} "
+              f"| {100 * r['knn10']:.1f}% | {100 * r['probe']:.1f}% | {r['img_per_s_wall']:.1f} "
+              f"| {r['img_per_cpu_s']:.1f} |")
+    return rows
+
+
+def speed(specs: list[str], n: int, root: str, layouts: tuple[bool, ...] = (False, True)) -> list[dict]:
+    """Images/s of the forward pass per ``MODEL@SIZE`` and memory layout (after one warm-up batch), wall
+    and per CPU-second of this process (on a machine shared with other jobs the second is the steadier:
+    run it with one thread, ``OMP_NUM_THREADS=1``)."""
+    from lra_diffusion.data import load_shared_cifar10
+    from lra_diffusion.encoders import get_encoder
+
+    x, _ = load_shared_cifar10(root, "test", progress=False)
+    rows = []
+    for spec in specs:
+        model, _, size = spec.partition("@")
+        for channels_last in layouts:
+            enc = get_encoder(model, image_size=int(size), channels_last=channels_last)
+            enc.encode(x[:100])
+            _, wall, cpu = timed_encode(enc, x[100 : 100 + n])
+            row = {"model": model, "size": int(size), "channels_last": channels_last,
+                   "img_per_s_wall": n / wall, "img_per_cpu_s": n / cpu}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     from lra_diffusion.data import load_shared_cifar10
     from lra_diffusion.encoders import embed, fit_cached, get_encoder
@@ -155,9 +252,23 @@ def main() -> None:
     parser.add_argument("--loss", default="softmax", choices=["softmax", "sqhinge"])
     parser.add_argument("--l2-grid", default="1e-4,3e-4,1e-3,3e-3")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--compare", default=None, help="MODEL@SIZE,...: score variants on --subset")
+    parser.add_argument("--subset", default="5000,1000", help="train,test images for --compare")
+    parser.add_argument("--compare-dir", default="results/tmp/effnet-compare")
+    parser.add_argument("--speed", default=None, help="MODEL@SIZE,...: time the forward pass")
+    parser.add_argument("--speed-n", type=int, default=300)
+    parser.add_argument("--layouts", default="nchw,cl", help="memory layouts for --speed: nchw, cl")
     parser.add_argument("--embed-only", action="store_true",
                         help="fit + embed (timed) and stop; point --cache-dir at an empty folder for a cold run")
     args = parser.parse_args()
+    layouts = tuple(v == "cl" for v in args.layouts.split(","))
+    if args.compare or args.speed:
+        rows = (compare(args.compare.split(","), tuple(int(v) for v in args.subset.split(",")), args.root,
+                        Path(args.compare_dir)) if args.compare else speed(args.speed.split(","), args.speed_n,
+                                                                             args.root, layouts))
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        return
 
     torch.manual_seed(args.seed)
     x_train, y_train = load_shared_cifar10(args.root, "train")
@@ -165,9 +276,12 @@ def main() -> None:
     feats = {}
     rows = []
     # 1. fit + embed every encoder first (the features are what other benchmarks reuse) ...
-    for name in args.encoders.split(","):
+    for spec in args.encoders.split(","):
+        name, options = parse_encoder_spec(spec)
+        if name in ("pixels", "kmeans"):
+            options.setdefault("random_state", args.seed)
         t0, c0 = time.perf_counter(), time.process_time()
-        enc = fit_cached(get_encoder(name, random_state=args.seed), x_train,
+        enc = fit_cached(get_encoder(name, **options), x_train,
                          cache_dir=args.cache_dir, progress=True)
         t_fit = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
@@ -181,7 +295,7 @@ def main() -> None:
         print(f"{name}: dim {enc.dim}, fit {t_fit:.0f} s, embed 60k {t_embed:.0f} s wall "
               f"({c_embed:.0f} s CPU), fingerprint {enc.fingerprint()}", flush=True)
         feats[name] = (f_train, f_test)
-        rows.append({"encoder": name, "dim": enc.dim, "fit_s": round(t_fit),
+        rows.append({"encoder": spec, "dim": enc.dim, "fit_s": round(t_fit),
                      "embed_s": round(t_embed), "embed_cpu_s": round(c_embed),
                      "config": enc.config()})
     if args.embed_only:

@@ -6,8 +6,10 @@
 2. the journey, in this process: ``lra_diffusion.run(...)``, i.e.::
 
        lra run --images TREE/train --labels TREE/worse.txt --true-labels TREE/clean.txt \\
-               --test-images TREE/test --encoder kmeans --config configs/cifar10-benchmark.toml \\
+               --test-images TREE/test --config configs/cifar10-benchmark.toml \\
                --holdout 5000 --seed 0 --out runs/cifar10n-worse
+
+   with the default encoder (EfficientNet-Lite0; ``--encoder kmeans`` for the earlier k-means journey);
 
 3. the benchmark path: ``cifar10_features`` (the shared copy decoded in memory), ``cifar10_split("c10n-worse")``
    and the ``LRAClassifier`` fit of ``run_lra``, then ``find_label_issues`` with the run's settings on all
@@ -18,7 +20,7 @@
 (``lra run --pca 512``). Both paths run in one process, so they use the same code. Never run as a unit
 test: on 2 CPU cores it takes tens of minutes (most of it the two LRA fits and the k-NN searches).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/pipeline_cifar10.py [--pca 512]
+    OMP_NUM_THREADS=1 nice python benchmarks/pipeline_cifar10.py [--encoder kmeans] [--pca 512]
 """
 
 from __future__ import annotations
@@ -56,15 +58,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", type=Path, default=Path("/tmp/cifar10-tree"))
     ap.add_argument("--shared", type=Path, default=SHARED)
-    ap.add_argument("--out", type=Path, default=None, help="default runs/cifar10n-worse[-pca<P>]")
+    ap.add_argument("--out", type=Path, default=None, help="default runs/cifar10n-worse[-<encoder>][-pca<P>]")
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encoder", default=None, help="default: lra run's default (efficientnet-lite0)")
     ap.add_argument("--pca", type=int, default=None, help="PCA dims (the benchmark table uses 512)")
     ap.add_argument("--result", type=Path, default=None,
-                    help="default results/pipeline/cifar10n-worse[-pca<P>]-seed<S>.json")
+                    help="default results/pipeline/cifar10n-worse[-<encoder>][-pca<P>]-seed<S>.json "
+                         "(no -<encoder> for kmeans)")
     ap.add_argument("--skip-benchmark", action="store_true", help="only the journey")
     a = ap.parse_args()
-    tag = f"cifar10n-worse{f'-pca{a.pca}' if a.pca else ''}"
+    from lra_diffusion.pipeline import DEFAULT_ENCODER
+
+    encoder = a.encoder or DEFAULT_ENCODER
+    # the k-means journey keeps its earlier names (results/pipeline/cifar10n-worse[-pca512]-seed0.json)
+    tag = f"cifar10n-worse{'' if encoder == 'kmeans' else f'-{encoder}'}{f'-pca{a.pca}' if a.pca else ''}"
     a.result = a.result or REPO / "results" / "pipeline" / f"{tag}-seed{a.seed}.json"
     a.out = a.out or REPO / "runs" / tag
 
@@ -85,21 +93,23 @@ def main() -> None:
 
     t0 = time.perf_counter()
     result = run(a.tree / "train", labels=a.tree / "worse.txt", true_labels=a.tree / "clean.txt",
-                 test_images=a.tree / "test", encoder="kmeans", config=config_file, holdout=5000, seed=a.seed,
+                 test_images=a.tree / "test", encoder=encoder, config=config_file, holdout=5000, seed=a.seed,
                  out=a.out, cache_dir=a.cache, progress=True, pca=a.pca)
     journey_seconds = time.perf_counter() - t0
     print(result.summary(), flush=True)
     record = {
         "command": (f"lra run --images {a.tree}/train --labels {a.tree}/worse.txt --true-labels {a.tree}/clean.txt "
-                    f"--test-images {a.tree}/test --encoder kmeans --config configs/cifar10-benchmark.toml "
+                    f"--test-images {a.tree}/test {'' if encoder == DEFAULT_ENCODER else f'--encoder {encoder} '}"
+                    "--config configs/cifar10-benchmark.toml "
                     f"--holdout 5000 --seed {a.seed}{f' --pca {a.pca}' if a.pca else ''} --out {a.out}"),
+        "encoder": encoder,
         "journey": {"seconds": journey_seconds, "stage_seconds": result.timings, "test_accuracy": result.test_accuracy,
                     "val_accuracy": result.val_accuracy, "issue_metrics": result.issue_metrics,
                     "reused_fit": result.reused_fit, "encoded": result.encoded},
     }
     if not a.skip_benchmark:
         t0 = time.perf_counter()
-        X, X_test = reduce_features(*cifar10_features("kmeans", a.shared, a.cache), a.pca)  # as cifar10_main
+        X, X_test = reduce_features(*cifar10_features(encoder, a.shared, a.cache), a.pca)  # as cifar10_main
         split = cifar10_split("c10n-worse", X, X_test, a.shared, seed=a.seed)
         t_feat = time.perf_counter() - t0
         # the fit of lra_diffusion.benchmark.run_lra, kept here to score the labels with the same model

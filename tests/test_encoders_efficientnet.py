@@ -110,7 +110,7 @@ def test_features_shapes_normalisation_and_determinism(lite0, images):
     assert raw.shape == (5, 1600) and both.dim == 1600
     np.testing.assert_allclose(raw[:, :1280] / np.linalg.norm(raw[:, :1280], axis=1, keepdims=True), feats,
                                atol=1e-5)
-    cl = get_encoder("efficientnet-lite0", image_size=64, channels_last=True).encode(images)
+    cl = get_encoder("efficientnet-lite0", image_size=64, channels_last=False).encode(images)  # NCHW
     np.testing.assert_allclose(cl, feats, atol=1e-5)
 
 
@@ -130,7 +130,7 @@ def test_cache_key_includes_model_and_resolution_not_runtime_options(lite0, imag
     def key(e):
         return cache_key(e, images, split="train", transform="none", dtype="float32")["key"]
 
-    same = get_encoder("efficientnet-lite0", image_size=64, batch_size=3, channels_last=True, num_threads=1)
+    same = get_encoder("efficientnet-lite0", image_size=64, batch_size=3, channels_last=False, num_threads=1)
     assert key(same) == key(enc)
     assert key(get_encoder("efficientnet-lite0", image_size=96)) != key(enc)
     assert key(get_encoder("efficientnet-lite1", image_size=64)) != key(enc)

@@ -418,3 +418,55 @@ def test_known_dataset_with_a_path_list(tmp_path):
     assert len(s) == 2 and s.labels.tolist() == [5, 8] and s.dataset.image(0).shape == (32, 32, 3)
     with pytest.raises(lra_diffusion.InputError, match="needs its root"):
         open_image_set("cifar10")
+
+
+# ---- the default encoder: EfficientNet-Lite0, photos of mixed sizes without options -----------------
+def write_photos(root: Path, per_class: int, *, seed: int) -> None:
+    """Class folders of JPEG 'photos' of mixed sizes and aspect ratios (colour gives the class)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(48, 64), (90, 60), (200, 150), (40, 40), (120, 300)]
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = sizes[(i + c) % len(sizes)]
+            img = np.clip(COLOURS[c] + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i:02d}.jpg", quality=90)
+
+
+def test_run_defaults_to_efficientnet_and_takes_photos_of_mixed_sizes(tmp_path):
+    write_photos(tmp_path / "train", 8, seed=0)
+    write_photos(tmp_path / "test", 2, seed=1)
+    (tmp_path / "tiny.toml").write_text(TOML)
+    res = lra("run", "--images", tmp_path / "train", "--test-images", tmp_path / "test", "--out", tmp_path / "run",
+              "--config", tmp_path / "tiny.toml", "--cache-dir", tmp_path / "cache", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "efficientnet-lite0 features (1280-d)" in res.stdout
+    info = json.loads((tmp_path / "run" / "config.json").read_text())["pipeline"]["encoder"]
+    assert info["name"] == "efficientnet-lite0" and info["image_size"] == 160  # resized once, at decode
+    res = lra("predict", "--model", tmp_path / "run", "--images", tmp_path / "test", "--out", tmp_path / "p.csv",
+              "--quiet")
+    assert res.exit_code == 0 and "classified 6 images" in res.stdout, res.output
+
+
+def test_stages_run_alone(data):
+    """check -> decode -> encoder -> embed, called one by one, give what the journey gives."""
+    from lra_diffusion import pipeline as p
+
+    job = p.check_inputs(data / "train", labels=data / "noisy.txt", labels_column=None, root=None,
+                         true_labels=data / "clean.txt", test_images=data / "test", test_labels=None,
+                         test_root=None, config=TINY, holdout=6, holdout_seed=0, encoder="pixels",
+                         encoder_path=None, encoder_options=None, out=data / "run")
+    assert len(job.rows) == 30 and len(job.val_rows) == 6 and job.truth is not None
+    assert job.describe().endswith("12 images") and not (data / "run").exists()  # nothing written yet
+    pixels = p.decode_inputs(job, image_size=None, progress=False)
+    assert pixels.train.shape == (36, 8, 8, 3) and pixels.test.shape == (12, 8, 8, 3) and pixels.transform == "none"
+    assert p.fit_encoder(job, pixels.train, cache_dir=data / "cache", progress=False)
+    feats = p.embed_inputs(job.encoder, pixels, cache_dir=data / "cache", progress=False)
+    assert feats.X.shape == (36, 192) and feats.X_test.shape == (12, 192) and feats.encoded
+    assert feats.X.flags.writeable and feats.X.dtype == np.float32
+    again = p.embed_inputs(job.encoder, pixels, cache_dir=data / "cache", progress=False)
+    assert not again.encoded and np.array_equal(again.X, feats.X)
+    inputs = p.fit_inputs(job, feats.X, seed=0, pca=None)
+    assert inputs["val_features_sha256"] is not None and inputs["seed"] == 0
+    reduced = p.reduce_features(feats, 4, cache_dir=data / "cache")
+    assert reduced.X.shape == (36, 4) and reduced.pca[1].shape == (4, 192)

@@ -211,13 +211,16 @@ def predict(
 def run_images(
     images: Annotated[str, typer.Option(help="Training images: an ImageFolder tree DIR/<class>/<image>, a list "
                                              "file ('relative/path label' rows), or cifar10[:split] with --root.")],
-    encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    encoder: Annotated[str, typer.Option(help="efficientnet-lite0 (ImageNet, installed with the package) | "
+                                              "efficientnet-lite1 | efficientnet-lite2 | pixels | kmeans | simclr "
+                                              "| clip | dinov2.")] = "efficientnet-lite0",
     labels: Annotated[Optional[Path], typer.Option(help="Labels you do not fully trust: a list file naming the "
                                                         "images ('path label', labels are class ids or names), or a "
                                                         "label file aligned with the images (.npy, index CSV).")] = None,
-    encoder_path: Annotated[Optional[Path], typer.Option(help="A saved encoder folder (encoder.json), SimCLR "
-                                                              "weights, or a CLIP / DINOv2 model folder.")] = None,
+    encoder_path: Annotated[Optional[Path], typer.Option(help="A saved encoder folder (encoder.json), SimCLR or "
+                                                              "EfficientNet-Lite weights, or a CLIP / DINOv2 model "
+                                                              "folder.")] = None,
     test_images: Annotated[Optional[str], typer.Option(help="Test images (same kinds as --images) for the test "
                                                             "accuracy.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(help="Labels of the test images (default: their class "
@@ -237,7 +240,8 @@ def run_images(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Encoder option KEY=VALUE "
                                                                              "(repeatable), e.g. -o n_centroids=400.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize (shorter side) and centre-crop every image to "
-                                                           "SxS first (images of mixed sizes).")] = None,
+                                                           "SxS first (images of mixed sizes; EfficientNet-Lite "
+                                                           "does this itself, at its input size).")] = None,
     pca: Annotated[Optional[int], typer.Option(help="Reduce the features to this many principal components "
                                                     "(fitted on the unlabelled training features) before training.")] = None,
     device: Annotated[str, typer.Option(help="Encoder device: auto | cpu | cuda | cuda:I.")] = "cpu",
@@ -310,7 +314,7 @@ def noise(
 
 @command()
 def embed(
-    encoder: Annotated[str, typer.Option(help="pixels | kmeans | simclr | clip | dinov2 | precomputed; text: minilm | sentence-transformer (-o model=DIR).")],
+    encoder: Annotated[str, typer.Option(help="efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2 (-o image_size=160) | pixels | kmeans | simclr | clip | dinov2 | precomputed; text: minilm | sentence-transformer (-o model=DIR).")],
     out: Annotated[Path, typer.Option(help="Features to write, .npy (N, D).")],
     dataset: Annotated[str, typer.Option(help="cifar10 (shared JPEG copy) | folder (ROOT/SPLIT/<class>/...) | npy (ROOT/SPLIT.npy, uint8 N,H,W,3); text: noisy-ag-news | banking77 (shared copies) | text (column 'text' of ROOT/SPLIT.csv or .jsonl, or of the file ROOT).")] = "cifar10",
     root: Annotated[Path, typer.Option(help="Dataset root.")] = Path("../shared/data/cifar10"),

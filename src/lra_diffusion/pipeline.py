@@ -1,18 +1,24 @@
 """From images with noisy labels to a trained run, a list of labels to fix and a report: ``lra run``.
 
-:func:`run` connects the stages, each timed and announced on stderr:
+:func:`run` is the journey in one screen: a short sequence of stage functions, each timed and announced
+on stderr, each taking and returning only what it needs (so a stage can be called and tested alone):
 
-1. ``check``: open the images and label files (:mod:`.sources`), the test set and the encoder; every
-   cheap check (missing files, unknown classes, an encoder path that is not a model, the run folder)
-   happens here, before any long work;
-2. ``decode``: decode every image once (a corrupt file fails here, naming it) into one uint8 array
-   when it fits in memory (``IN_MEMORY_BYTES``), so the feature cache is keyed on the pixels;
-3. ``encoder``: fit the encoder on the unlabelled training images (pixels, kmeans), cached;
-4. ``embed``: features of the training and test images through the feature cache;
-5. ``train``: fit :class:`~.estimator.LRAClassifier`, or reuse the finished fit in the run folder when
-   its recorded inputs (feature and label hashes, validation rows, config, seed) are the same;
-6. ``evaluate``: test accuracy; ``issues``: score every training label (``issues.csv``);
-   ``report``: ``report.html`` with thumbnails of the most suspicious images.
+1. ``check`` (:func:`check_inputs` -> :class:`RunJob`): open the images and label files (:mod:`.sources`),
+   the test set and the encoder; every cheap check (missing files, unknown classes, an encoder path that
+   is not a model, the run folder) happens here, before any long work;
+2. ``decode`` (:func:`decode_inputs` -> :class:`Pixels`): decode every image once (a corrupt file fails
+   here, naming it) into one uint8 array when it fits in memory (``IN_MEMORY_BYTES``), so the feature
+   cache is keyed on the pixels; photos of mixed sizes are resized to the encoder's input size here;
+3. ``encoder`` (:func:`fit_encoder`): fit the encoder on the unlabelled training images (pixels, kmeans),
+   cached;
+4. ``embed`` (:func:`embed_inputs` -> :class:`Features`): features of the training and test images
+   through the feature cache; ``pca`` (:func:`reduce_features`) with ``--pca``;
+5. ``train`` (:func:`train`): fit :class:`~.estimator.LRAClassifier`, or reuse the finished fit in the run
+   folder when its recorded inputs (:func:`fit_inputs`: feature and label hashes, validation rows,
+   config, seed) are the same;
+6. ``evaluate`` (:func:`evaluate`): test accuracy; ``issues`` (:func:`score_issues`): score every training
+   label (``issues.csv``); ``report`` (:func:`write_run_report`): ``metrics.json`` and ``report.html``
+   with thumbnails of the most suspicious images.
 
 The run folder is the one of ``lra fit`` (``config.json``, ``model.safetensors``, ``metrics.json``; its
 ``checkpoints/`` only until the fit is finished, so a killed run resumes) plus ``encoder/`` (the fitted encoder, so :func:`predict_images` can classify new
@@ -47,7 +53,9 @@ from .io import atomic_write, load_tensors, read_json, save_tensors, sha256_arra
 from .issues import CSV_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_SCORE, LabelIssues
 from .sources import ImageSet, open_image_set
 
-IMAGE_ENCODERS: tuple[str, ...] = ("pixels", "kmeans", "simclr", "simclr-cifar10", "clip", "dinov2")
+IMAGE_ENCODERS: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "pixels", "kmeans",
+                                   "simclr", "simclr-cifar10", "clip", "dinov2")
+DEFAULT_ENCODER = "efficientnet-lite0"  # ImageNet weights that install with the package; see BENCHMARKS.md
 DEFAULT_CACHE_DIR = Path("cache/features")  # relative to the working directory, as `lra embed`
 IN_MEMORY_BYTES = 4 * 2**30  # decoded training images up to this size are held as one array
 THUMBNAIL = 64  # report thumbnails: images larger than this (or of mixed sizes) are resized to it
@@ -140,7 +148,7 @@ def run(
     images: str | Path,
     *,
     labels: str | Path | None = None,
-    encoder: str = "kmeans",
+    encoder: str = DEFAULT_ENCODER,
     encoder_path: str | Path | None = None,
     out: str | Path,
     test_images: str | Path | None = None,
@@ -172,9 +180,10 @@ def run(
         with ``root``); see :mod:`lra_diffusion.sources`.
     labels : a label file replacing the images' labels: a path list (rows name the images; for a tree
         the rows define the training set and its order) or a file aligned with the image order.
-    encoder : ``pixels`` | ``kmeans`` | ``simclr`` | ``clip`` | ``dinov2``.
-    encoder_path : a saved encoder folder (``encoder.json``), SimCLR weights, or a CLIP / DINOv2 model
-        folder.
+    encoder : ``efficientnet-lite0`` (default) | ``-lite1`` | ``-lite2`` | ``pixels`` | ``kmeans`` | ``simclr`` |
+        ``clip`` | ``dinov2``.
+    encoder_path : a saved encoder folder (``encoder.json``), SimCLR or EfficientNet-Lite weights, or a CLIP /
+        DINOv2 model folder.
     out : the run folder.
     test_images, test_labels : an optional labelled test set (same kinds as ``images``).
     config : a :class:`Config`, a nested dict, or a TOML file.
@@ -187,7 +196,8 @@ def run(
         a path list), to measure the label-issue flags (precision, recall, F1, AUROC).
     encoder_options : keyword options of the encoder (e.g. ``{"device": "cuda"}``).
     image_size : resize (shorter side) and centre-crop every image to this square size first; needed by
-        the pixels / kmeans / simclr encoders when the images differ in size.
+        the pixels / kmeans / simclr encoders when the images differ in size (EfficientNet-Lite resizes
+        images of mixed sizes to its own input size).
     pca : reduce the features to this many principal components first (PCA fitted on the unlabelled
         training features, as the CIFAR-10 benchmark's ``reduce_features``); saved in the run folder and
         applied by :func:`predict_images`.
@@ -203,155 +213,301 @@ def run(
     -------
     RunResult
     """
-    from .issues import find_label_issues
-
     log = log or (stderr_log if progress else (lambda message: None))
     stages = Stages(log)
     out = Path(out)
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
 
     with stages("check", f"checking {images}" + (f" and {labels}" if labels else "")):
-        cfg = as_config(config)
-        train_set = open_image_set(images, root=root, labels=labels, labels_column=labels_column)
-        y = train_set.labels
-        if len(np.unique(y)) < 2:
-            raise InputError(f"need at least 2 classes to train; the labels of {images} hold only "
-                             f"{train_set.class_names[int(y[0])]!r}")
-        truth = match_true_labels(train_set, true_labels) if true_labels else None
-        test_set = None
-        if test_images is not None:
-            test_set = open_image_set(test_images, root=test_root, labels=test_labels,
-                                      classes=train_set.class_names, what="test images")
-        elif test_labels is not None:
-            raise InputError("--test-labels needs --test-images")
-        rows, val_rows = holdout_rows(len(y), holdout, seed if holdout_seed is None else holdout_seed)
-        if val_rows is not None and len(rows) <= cfg.retrieval.k:
-            raise InputError(f"holdout {holdout} leaves {len(rows)} training images; need more than k="
-                             f"{cfg.retrieval.k}")
-        enc = make_encoder(encoder, encoder_path, encoder_options)
-        check_run_folder(out)
-        log(f"[check] {train_set.description}: {len(y)} images, {len(train_set.class_names)} classes"
-            + (f"; {test_set.description}: {len(test_set)} images" if test_set is not None else ""))
-
-    transform = "none" if image_size is None else f"resize-crop-{image_size}"
-    with stages("decode", f"decoding {len(train_set)} training images"
-                + (f" and {len(test_set)} test images" if test_set is not None else "")):
-        train_pixels = decode_images(train_set, size=image_size, ragged_ok=enc.ragged_input,
-                                     progress=progress, encoder=encoder)
-        test_pixels = (decode_images(test_set, size=image_size, ragged_ok=enc.ragged_input, progress=progress,
-                                     encoder=encoder) if test_set is not None else None)
-
+        job = check_inputs(images, labels=labels, labels_column=labels_column, root=root, true_labels=true_labels,
+                           test_images=test_images, test_labels=test_labels, test_root=test_root, config=config,
+                           holdout=holdout, holdout_seed=seed if holdout_seed is None else holdout_seed,
+                           encoder=encoder, encoder_path=encoder_path, encoder_options=encoder_options, out=out)
+        log(f"[check] {job.describe()}")
+    with stages("decode", f"decoding {len(job.train_set)} training images"
+                + (f" and {len(job.test_set)} test images" if job.test_set is not None else "")):
+        pixels = decode_inputs(job, image_size=image_size, progress=progress)
     fitted = False
-    if enc.needs_fit and not enc.is_fitted:
-        from .encoders import fit_cached
-
+    if job.encoder.needs_fit and not job.encoder.is_fitted:
         with stages("encoder", f"fitting the {encoder} encoder on the unlabelled training images (cached)"):
-            before = enc
-            enc = fit_cached(enc, train_pixels, cache_dir=cache_dir, progress=progress)
-            fitted = enc is before
-
+            fitted = fit_encoder(job, pixels.train, cache_dir=cache_dir, progress=progress)
     with stages("embed", f"{encoder} features through the cache {cache_dir}"):
-        X, new_train = embed_cached(enc, train_pixels, cache_dir=cache_dir, split="train", transform=transform,
-                                    progress=progress)
-        X_test, new_test = (embed_cached(enc, test_pixels, cache_dir=cache_dir, split="test", transform=transform,
-                                         progress=progress) if test_pixels is not None else (None, False))
-        # writable float32 copies of the read-only cache memmaps (torch refuses to wrap read-only arrays)
-        X = np.array(X, dtype=np.float32)
-        X_test = np.array(X_test, dtype=np.float32) if X_test is not None else None
-        log(f"[embed] train {X.shape}" + (f", test {X_test.shape}" if X_test is not None else "")
-            + ("" if new_train or new_test else " (all from the cache)"))
-    del train_pixels, test_pixels
+        feats = embed_inputs(job.encoder, pixels, cache_dir=cache_dir, progress=progress)
+        log(f"[embed] train {feats.X.shape}" + (f", test {feats.X_test.shape}" if feats.X_test is not None else "")
+            + ("" if feats.encoded else " (all from the cache)"))
+    del pixels
     if pca is not None:
-        with stages("pca", f"PCA of the {X.shape[1]}-d features to {pca} components"):
-            components = fit_pca_cached(X, pca, cache_dir=cache_dir / enc.name)
-            X = apply_pca(X, *components)
-            X_test = apply_pca(X_test, *components) if X_test is not None else None
+        with stages("pca", f"PCA of the {feats.X.shape[1]}-d features to {pca} components"):
+            feats = reduce_features(feats, pca, cache_dir=cache_dir / job.encoder.name)
 
-    X_tr, y_tr = X[rows], y[rows]
-    X_val, y_val = (X[val_rows], y[val_rows]) if val_rows is not None else (None, None)
-    inputs = {
-        "features_sha256": sha256_array(X_tr), "labels_sha256": sha256_array(y_tr),
-        "val_features_sha256": sha256_array(X_val) if X_val is not None else None,
-        "val_labels_sha256": sha256_array(y_val) if y_val is not None else None,
-        "config": cfg.to_dict(), "seed": int(seed), "pca": pca,
-    }
+    inputs = fit_inputs(job, feats.X, seed=seed, pca=pca)
     est = finished_fit(out, inputs)
     reused = est is not None
     with stages("train", "reusing the finished fit in " + str(out) if reused else
-                f"training LRA-diffusion on {len(rows)} images" + (f", {len(val_rows)} held out" if val_rows is not None else "")):
+                f"training LRA-diffusion on {len(job.rows)} images"
+                + (f", {len(job.val_rows)} held out" if job.val_rows is not None else "")):
         if not reused:
-            resume = prepare_run_folder(out, overwrite=overwrite)
-            est = LRAClassifier(config=cfg, random_state=seed, verbose=progress)
-            try:
-                est.fit(X_tr, y_tr, X_val=X_val, y_val=y_val, run_dir=out, resume=resume)
-            except InputError as e:
-                if resume and "cannot resume" in str(e):
-                    raise InputError(f"{e}; pass --overwrite to start over") from None
-                raise
-            save_encoder(enc, out / ENCODER_DIR)
-            if pca is not None:
-                save_tensors(out / PCA_FILE, dict(zip(("mean", "components"), map(torch.from_numpy, components))))
-            info = read_json(out / "config.json")
-            info["pipeline"] = {
-                "format": RUN_FORMAT,
-                "encoder": {"name": enc.name, "dir": ENCODER_DIR, "fingerprint": enc.fingerprint(),
-                            "image_size": image_size, "pca": PCA_FILE if pca is not None else None},
-                "class_names": train_set.class_names,
-                "inputs": inputs,
-                "sources": {"images": str(images), "labels": _str(labels), "true_labels": _str(true_labels),
-                            "test_images": _str(test_images), "test_labels": _str(test_labels),
-                            "holdout": holdout, "holdout_seed": holdout_seed},
-            }
-            write_json(out / "config.json", info)
-            # the fit is finished and recorded: its resume checkpoints (model, EMA, best weights and Adam
-            # moments, two of them) would only take disk space
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
+            sources = {"images": str(images), "labels": _str(labels), "true_labels": _str(true_labels),
+                       "test_images": _str(test_images), "test_labels": _str(test_labels),
+                       "holdout": holdout, "holdout_seed": holdout_seed}
+            est = train(job, feats, inputs, out=out, seed=seed, image_size=feats.size, sources=sources,
+                        overwrite=overwrite, progress=progress)
     test_acc = None
-    if X_test is not None:
-        with stages("evaluate", f"classifying {len(X_test)} test images"):
-            test_acc = float((est.predict(X_test) == test_set.labels).mean())
+    if feats.X_test is not None:
+        with stages("evaluate", f"classifying {len(feats.X_test)} test images"):
+            test_acc = evaluate(est, feats.X_test, job.test_set.labels)
             log(f"[evaluate] test accuracy {test_acc:.4f}")
-
-    n_samples = DEFAULT_N_SAMPLES if score in ("stochastic", "mean") else 1
-    issue_key = sha256_json({"score": score, "threshold": threshold, "noise_rate": noise_rate, "n_samples": n_samples,
-                             "seed": seed, "true_labels": sha256_array(truth) if truth is not None else None})
-    issues = finished_issues(out, issue_key, y) if reused else None
-    names = train_set.names()
+    scoring = IssueScoring(score=score, threshold=threshold, noise_rate=noise_rate, seed=seed, truth=job.truth)
+    issues = finished_issues(out, scoring.key, job.y) if reused else None
     with stages("issues", f"reusing {out / 'issues.csv'}" if issues is not None else
-                f"scoring {len(y)} training labels ({score})"):
-        if issues is None:
-            issues = find_label_issues(X, y, estimator=est, score=score, threshold=threshold, noise_rate=noise_rate,
-                                       n_samples=n_samples, true_labels=truth, random_state=seed)
-            write_issues_csv(out / "issues.csv", issues, names, train_set.class_names)
+                f"scoring {len(job.y)} training labels ({score})"):
+        issues = issues if issues is not None else score_issues(job, feats.X, est, scoring, out=out)
         issues.score = score
-        issue_metrics = issues.metrics() if truth is not None else None
-
+        issue_metrics = issues.metrics() if job.truth is not None else None
     with stages("report", "writing report.html"):
-        from .report import write_report
-
-        metrics = {k: v for k, v in read_json(out / "metrics.json").items() if not k.startswith(PIPELINE_METRICS)}
-        # flat keys, so the report's run summary lists them one per row
-        ours = {"test_accuracy": test_acc, "n_test": len(test_set) if test_set is not None else None,
-                "label_issue_score": score, "label_issues_flagged": int(issues.is_label_issue.sum()),
-                **{f"label_issue_{k}": _finite(v) for k, v in (issue_metrics or {}).items()
-                   if k in ("precision", "recall", "f1", "auroc")},
-                "label_issues_sha256": issue_key,  # what issues.csv was scored with (hidden in the report)
-                "reused_fit": reused, **{f"seconds_{k}": round(v, 2) for k, v in stages.seconds.items()}}
-        metrics |= {k: v for k, v in ours.items() if v is not None}
-        write_json(out / "metrics.json", metrics)
-        top = np.lexsort((issues.index, issues.label_quality))[: min(32, len(issues))]
-        thumbs = thumbnails(train_set, top)
-        write_report(out, out / "report.html", issues=issues, images=thumbs,
-                     class_names=[train_set.class_names[int(c)] for c in est.classes_])
+        write_run_report(out, job, est, issues, test_acc=test_acc, issue_metrics=issue_metrics, scoring=scoring,
+                         reused=reused, seconds=stages.seconds)
 
     return RunResult(
-        out=out, classifier=est, issues=issues, class_names=train_set.class_names, image_names=names,
-        encoder=enc.name, feature_dim=int(X.shape[1]), n_train=len(rows), n_val=0 if val_rows is None else len(val_rows),
+        out=out, classifier=est, issues=issues, class_names=job.train_set.class_names,
+        image_names=job.train_set.names(), encoder=job.encoder.name, feature_dim=int(feats.X.shape[1]),
+        n_train=len(job.rows), n_val=0 if job.val_rows is None else len(job.val_rows),
         val_accuracy=est.fit_info_.get("best_val_accuracy"), test_accuracy=test_acc,
-        n_test=len(test_set) if test_set is not None else 0, issue_metrics=issue_metrics,
-        timings=dict(stages.seconds), reused_fit=reused, encoded=bool(new_train or new_test), fitted_encoder=fitted,
+        n_test=len(job.test_set) if job.test_set is not None else 0, issue_metrics=issue_metrics,
+        timings=dict(stages.seconds), reused_fit=reused, encoded=feats.encoded, fitted_encoder=fitted,
     )
+
+
+# ---- the stages, one function each -----------------------------------------------------------------
+@dataclass
+class RunJob:
+    """What the ``check`` stage establishes: config, image sets, labels, held-out rows, the encoder."""
+
+    cfg: Config
+    train_set: ImageSet
+    test_set: ImageSet | None
+    truth: np.ndarray | None  # clean labels of the training images, to measure the flags
+    rows: np.ndarray  # training rows the model is fitted on
+    val_rows: np.ndarray | None  # held-out noisy labels for model selection
+    encoder: Any
+    encoder_name: str
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.train_set.labels
+
+    def describe(self) -> str:
+        text = f"{self.train_set.description}: {len(self.y)} images, {len(self.train_set.class_names)} classes"
+        if self.test_set is not None:
+            text += f"; {self.test_set.description}: {len(self.test_set)} images"
+        return text
+
+
+def check_inputs(images, *, labels, labels_column, root, true_labels, test_images, test_labels, test_root,
+                 config, holdout, holdout_seed, encoder, encoder_path, encoder_options, out: Path) -> RunJob:
+    """Open and check every input (cheap: listings, label files, the encoder's weights, the run folder)."""
+    cfg = as_config(config)
+    train_set = open_image_set(images, root=root, labels=labels, labels_column=labels_column)
+    y = train_set.labels
+    if len(np.unique(y)) < 2:
+        raise InputError(f"need at least 2 classes to train; the labels of {images} hold only "
+                         f"{train_set.class_names[int(y[0])]!r}")
+    truth = match_true_labels(train_set, true_labels) if true_labels else None
+    test_set = None
+    if test_images is not None:
+        test_set = open_image_set(test_images, root=test_root, labels=test_labels, classes=train_set.class_names,
+                                  what="test images")
+    elif test_labels is not None:
+        raise InputError("--test-labels needs --test-images")
+    rows, val_rows = holdout_rows(len(y), holdout, holdout_seed)
+    if val_rows is not None and len(rows) <= cfg.retrieval.k:
+        raise InputError(f"holdout {holdout} leaves {len(rows)} training images; need more than k="
+                         f"{cfg.retrieval.k}")
+    enc = make_encoder(encoder, encoder_path, encoder_options)
+    check_run_folder(out)
+    return RunJob(cfg, train_set, test_set, truth, rows, val_rows, enc, encoder)
+
+
+@dataclass
+class Pixels:
+    """Decoded images (arrays, or datasets read again while embedding) and the cache transform."""
+
+    train: Any
+    test: Any
+    size: int | None  # the square size images were resized to at decode (None: as they are)
+
+    @property
+    def transform(self) -> str:
+        return "none" if self.size is None else f"resize-crop-{self.size}"
+
+
+def decode_inputs(job: RunJob, *, image_size: int | None, progress: bool) -> Pixels:
+    """Decode the training and test images once (see :func:`decode_images`).
+
+    Without ``image_size``, an encoder with its own input size (``input_size``: EfficientNet-Lite) gets
+    images of mixed sizes, or larger than that size, resized and cropped to it here, once, so they are
+    held in memory small; images of one small size (CIFAR's 32 px) are kept as they are and resized
+    batch by batch while encoding.
+    """
+    enc, name = job.encoder, job.encoder_name
+    size = image_size
+    target = getattr(enc, "input_size", None)
+    if size is None and target is not None and min(job.train_set.dataset.image(0).shape[:2]) > target:
+        size = target
+    try:
+        train = decode_images(job.train_set, size=size, ragged_ok=enc.ragged_input and target is None,
+                              progress=progress, encoder=name)
+    except MixedSizes:
+        if target is None:
+            raise
+        size = target
+        train = decode_images(job.train_set, size=size, ragged_ok=True, progress=progress, encoder=name)
+    test = (decode_images(job.test_set, size=size, ragged_ok=enc.ragged_input, progress=progress, encoder=name)
+            if job.test_set is not None else None)
+    return Pixels(train, test, size)
+
+
+def fit_encoder(job: RunJob, train_pixels, *, cache_dir: Path, progress: bool) -> bool:
+    """Fit the encoder on the unlabelled training images (cached); returns whether it was fitted now."""
+    from .encoders import fit_cached
+
+    before = job.encoder
+    job.encoder = fit_cached(before, train_pixels, cache_dir=cache_dir, progress=progress)
+    return job.encoder is before
+
+
+@dataclass
+class Features:
+    """Training and test features (writable float32), and whether any image was encoded for them."""
+
+    X: np.ndarray  # (N, D)
+    X_test: np.ndarray | None  # (N_test, D)
+    encoded: bool
+    size: int | None = None  # Pixels.size, recorded in the run
+    pca: tuple[np.ndarray, np.ndarray] | None = None  # (mean (D,), components (P, D)) when reduced
+
+
+def embed_inputs(enc, pixels: Pixels, *, cache_dir: Path, progress: bool) -> Features:
+    """Features of the training and test images through the feature cache."""
+    X, new_train = embed_cached(enc, pixels.train, cache_dir=cache_dir, split="train", transform=pixels.transform,
+                                progress=progress)
+    X_test, new_test = (embed_cached(enc, pixels.test, cache_dir=cache_dir, split="test",
+                                     transform=pixels.transform, progress=progress)
+                        if pixels.test is not None else (None, False))
+    # writable float32 copies of the read-only cache memmaps (torch refuses to wrap read-only arrays)
+    return Features(np.array(X, dtype=np.float32), None if X_test is None else np.array(X_test, dtype=np.float32),
+                    bool(new_train or new_test), pixels.size)
+
+
+def reduce_features(feats: Features, dim: int, *, cache_dir: Path) -> Features:
+    """Project the features on the first ``dim`` principal components of the training features."""
+    components = fit_pca_cached(feats.X, dim, cache_dir=cache_dir)
+    X_test = apply_pca(feats.X_test, *components) if feats.X_test is not None else None
+    return Features(apply_pca(feats.X, *components), X_test, feats.encoded, feats.size, components)
+
+
+def fit_inputs(job: RunJob, X: np.ndarray, *, seed: int, pca: int | None) -> dict:
+    """What a finished fit in the run folder must have been trained on to be reused (hashes, config)."""
+    X_val = X[job.val_rows] if job.val_rows is not None else None
+    y_val = job.y[job.val_rows] if job.val_rows is not None else None
+    return {
+        "features_sha256": sha256_array(X[job.rows]), "labels_sha256": sha256_array(job.y[job.rows]),
+        "val_features_sha256": sha256_array(X_val) if X_val is not None else None,
+        "val_labels_sha256": sha256_array(y_val) if y_val is not None else None,
+        "config": job.cfg.to_dict(), "seed": int(seed), "pca": pca,
+    }
+
+
+def train(job: RunJob, feats: Features, inputs: dict, *, out: Path, seed: int, image_size: int | None,
+          sources: dict, overwrite: bool, progress: bool) -> LRAClassifier:
+    """Fit LRA-diffusion into the run folder (resuming its checkpoints), then save the encoder, the PCA and
+    the ``pipeline`` block of ``config.json``."""
+    X, y = feats.X, job.y
+    resume = prepare_run_folder(out, overwrite=overwrite)
+    est = LRAClassifier(config=job.cfg, random_state=seed, verbose=progress)
+    val = job.val_rows
+    try:
+        est.fit(X[job.rows], y[job.rows], X_val=X[val] if val is not None else None,
+                y_val=y[val] if val is not None else None, run_dir=out, resume=resume)
+    except InputError as e:
+        if resume and "cannot resume" in str(e):
+            raise InputError(f"{e}; pass --overwrite to start over") from None
+        raise
+    enc = job.encoder
+    save_encoder(enc, out / ENCODER_DIR)
+    if feats.pca is not None:
+        save_tensors(out / PCA_FILE, dict(zip(("mean", "components"), map(torch.from_numpy, feats.pca))))
+    info = read_json(out / "config.json")
+    info["pipeline"] = {
+        "format": RUN_FORMAT,
+        "encoder": {"name": enc.name, "dir": ENCODER_DIR, "fingerprint": enc.fingerprint(),
+                    "image_size": image_size, "pca": PCA_FILE if feats.pca is not None else None},
+        "class_names": job.train_set.class_names,
+        "inputs": inputs,
+        "sources": sources,
+    }
+    write_json(out / "config.json", info)
+    # the fit is finished and recorded: its resume checkpoints (model, EMA, best weights and Adam moments,
+    # two of them) would only take disk space
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return est
+
+
+def evaluate(est: LRAClassifier, X_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Test accuracy."""
+    return float((est.predict(X_test) == y_test).mean())
+
+
+@dataclass
+class IssueScoring:
+    """The label-issue settings; ``key`` identifies an ``issues.csv`` scored with them."""
+
+    score: str
+    threshold: float | None
+    noise_rate: float | None
+    seed: int
+    truth: np.ndarray | None
+
+    @property
+    def n_samples(self) -> int:
+        return DEFAULT_N_SAMPLES if self.score in ("stochastic", "mean") else 1
+
+    @property
+    def key(self) -> str:
+        return sha256_json({"score": self.score, "threshold": self.threshold, "noise_rate": self.noise_rate,
+                            "n_samples": self.n_samples, "seed": self.seed,
+                            "true_labels": sha256_array(self.truth) if self.truth is not None else None})
+
+
+def score_issues(job: RunJob, X: np.ndarray, est: LRAClassifier, scoring: IssueScoring, *, out: Path) -> LabelIssues:
+    """Score every training label and write ``issues.csv``."""
+    from .issues import find_label_issues
+
+    issues = find_label_issues(X, job.y, estimator=est, score=scoring.score, threshold=scoring.threshold,
+                               noise_rate=scoring.noise_rate, n_samples=scoring.n_samples, true_labels=scoring.truth,
+                               random_state=scoring.seed)
+    write_issues_csv(out / "issues.csv", issues, job.train_set.names(), job.train_set.class_names)
+    return issues
+
+
+def write_run_report(out: Path, job: RunJob, est: LRAClassifier, issues: LabelIssues, *, test_acc: float | None,
+                     issue_metrics: dict | None, scoring: IssueScoring, reused: bool, seconds: dict) -> None:
+    """Add the pipeline's numbers to ``metrics.json`` and write ``report.html``."""
+    from .report import write_report
+
+    metrics = {k: v for k, v in read_json(out / "metrics.json").items() if not k.startswith(PIPELINE_METRICS)}
+    # flat keys, so the report's run summary lists them one per row
+    ours = {"test_accuracy": test_acc, "n_test": len(job.test_set) if job.test_set is not None else None,
+            "label_issue_score": scoring.score, "label_issues_flagged": int(issues.is_label_issue.sum()),
+            **{f"label_issue_{k}": _finite(v) for k, v in (issue_metrics or {}).items()
+               if k in ("precision", "recall", "f1", "auroc")},
+            "label_issues_sha256": scoring.key,  # what issues.csv was scored with (hidden in the report)
+            "reused_fit": reused, **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
+    metrics |= {k: v for k, v in ours.items() if v is not None}
+    write_json(out / "metrics.json", metrics)
+    top = np.lexsort((issues.index, issues.label_quality))[: min(32, len(issues))]
+    write_report(out, out / "report.html", issues=issues, images=thumbnails(job.train_set, top),
+                 class_names=[job.train_set.class_names[int(c)] for c in est.classes_])
 
 
 def _str(value) -> str | None:
@@ -439,7 +595,7 @@ def make_encoder(name: str, path: str | Path | None = None, options: dict[str, A
         return enc
     if name in ("clip", "dinov2"):
         return get_encoder(name, model=str(path), **options)
-    if name == "simclr" and path.is_file():
+    if name in ("simclr", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2") and path.is_file():
         return get_encoder(name, weights=str(path), **options)
     raise InputError(f"encoder path {path} is not a saved {name} encoder (a folder with encoder.json, as written "
                      f"into every run folder){'; SimCLR weights are a .pt / .safetensors file' if name == 'simclr' else ''}")
@@ -561,6 +717,10 @@ class ResizedImages:
         return f"{dataset_fingerprint(self.dataset)}-resize-crop-{self.size}"
 
 
+class MixedSizes(InputError):
+    """Images of different sizes for an encoder that needs one size."""
+
+
 def decode_images(images: ImageSet, *, size: int | None, ragged_ok: bool, progress: bool, encoder: str):
     """Decode every image once (a file that does not decode fails here, naming it).
 
@@ -581,7 +741,7 @@ def decode_images(images: ImageSet, *, size: int | None, ragged_ok: bool, progre
             image = resize_crop(image, size)
         elif image.shape != first.shape:
             if not ragged_ok:
-                raise InputError(f"{images.name(i)} is {image.shape[1]}x{image.shape[0]} but {images.name(0)} is "
+                raise MixedSizes(f"{images.name(i)} is {image.shape[1]}x{image.shape[0]} but {images.name(0)} is "
                                  f"{first.shape[1]}x{first.shape[0]}; the {encoder} encoder needs images of one "
                                  "size: pass --image-size S to resize them")
             streaming, out = True, None

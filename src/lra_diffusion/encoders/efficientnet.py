@@ -275,7 +275,7 @@ class EfficientNetLiteEncoder(Encoder):
         weights: str | os.PathLike[str] | None = None,
         batch_size: int = 100,
         device: str = "cpu",
-        channels_last: bool = False,
+        channels_last: bool = True,
         num_threads: int | None = None,
     ):
         if features not in FEATURE_KINDS:
