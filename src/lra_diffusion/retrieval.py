@@ -1,13 +1,22 @@
-"""Label retrieval: exact k nearest neighbours in f_p space and the neighbour-label draw.
+"""Label retrieval: k nearest neighbours in f_p space (exact or approximate) and the neighbour-label draw.
 
 The neighbours are computed once for the training set (f_p is frozen). At every visit of sample i one
 label is drawn uniformly from its k+1 candidates (its own noisy label and its k neighbours' labels);
 the sample's loss weight is the number of candidates equal to the draw.
+
+Index types (``[retrieval] index``): ``exact`` (faiss ``IndexFlatL2`` or chunked torch matmul), ``ivf``
+(faiss inverted lists over k-means cells, vectors stored flat or scalar-quantised to 8 bits), ``hnsw``
+(faiss ``IndexHNSWFlat``), and ``auto`` = exact up to :data:`AUTO_EXACT_MAX` samples, IVF above. The
+parameters of the approximate indexes come from N by :func:`ann_params`; the rule and its measurements
+are in docs/scale.md and BENCHMARKS.md "Scale".
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
+import time
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -15,8 +24,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError
+from .features import FeatureRows, as_rows, chunk_rows, is_mapped
 
 Metric = Literal["euclidean", "cosine"]
+IndexKind = Literal["exact", "ivf", "hnsw", "auto"]
+INDEXES = ("auto", "exact", "hnsw", "ivf")
+STORES = ("auto", "flat", "sq8")
+# `auto` switches to IVF above this many samples: exact search costs N^2 D (45k CIFAR rows: ~25 s on
+# 2 cores; 200k: 516 s), IVF about N * (nlist + nprobe * N / nlist) * D (see BENCHMARKS.md "Scale").
+AUTO_EXACT_MAX = 100_000
+# `store = "auto"`: IVF keeps float32 vectors (4 N D bytes) up to this size, 8-bit codes (N D) above
+AUTO_FLAT_MAX_BYTES = 4 * 2**30
 
 
 def faiss_available() -> bool:
@@ -100,27 +118,52 @@ def knn_faiss(
 
 
 def knn(
-    features: np.ndarray | torch.Tensor,
+    features: np.ndarray | torch.Tensor | FeatureRows,
     k: int,
     *,
     metric: Metric = "euclidean",
     backend: Literal["auto", "torch", "faiss"] = "auto",
+    index: IndexKind = "auto",
+    ann: AnnParams | None = None,
     exclude_self: bool = True,
     progress: bool = False,
     device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of every row among all rows. Returns ``(indices, sq_distances)`` (N, k).
+    """k nearest neighbours of every row among all rows. Returns ``(indices, sq_distances)`` (N, k).
 
-    ``backend="auto"`` uses chunked torch matmul on ``device`` when that is a GPU, else faiss when it
-    is installed, else chunked torch matmul on the CPU. faiss (the CPU build) ignores ``device``.
+    ``index``: ``exact``, ``ivf``, ``hnsw`` or ``auto`` (exact up to :data:`AUTO_EXACT_MAX` rows, IVF
+    above). ``ann``: the approximate index's parameters (None: :func:`ann_params` of N).
+
+    Exact search: ``backend="auto"`` uses chunked torch matmul on ``device`` when that is a GPU, else
+    faiss when it is installed, else chunked torch matmul on the CPU. faiss (the CPU build) ignores
+    ``device``. A memory-mapped array (or :class:`~lra_diffusion.features.FeatureRows`) is read in
+    chunks by the faiss paths; the index itself holds its copy of the vectors (see :func:`ann_params`).
     """
     n = len(features)
     if k < 0:
         raise InputError(f"k must be >= 0, got {k}")
+    if index not in INDEXES:
+        raise InputError(f"unknown retrieval index {index!r}; valid: {list(INDEXES)}")
     if k >= n:
         raise InputError(f"k={k} neighbours need more than {k} training samples, got {n}")
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    if index == "auto":
+        index = "exact" if n <= AUTO_EXACT_MAX else "ivf"
+    if index != "exact":
+        if not faiss_available():
+            raise InputError(f"retrieval index {index!r} needs faiss: pip install faiss-cpu")
+        params = ann if ann is not None else ann_params(n, index, dim=features.shape[1])
+        if params.index != index:
+            params = replace(params, index=index)
+        return knn_ann(features, k, params, metric=metric, exclude_self=exclude_self, progress=progress,
+                       device=device)
+    if isinstance(features, FeatureRows) or is_mapped(features):
+        # out of core: stream the rows into faiss (or, without it, read them whole for torch)
+        if faiss_available() and backend in ("auto", "faiss"):
+            return knn_ann(features, k, AnnParams(index="exact"), metric=metric, exclude_self=exclude_self,
+                           progress=progress, device=device)
+        features = as_rows(features).to_numpy()
     on_gpu = device is not None and device.type != "cpu"
     if backend == "auto":
         backend = "torch" if on_gpu or not faiss_available() else "faiss"
@@ -131,6 +174,250 @@ def knn(
     if backend == "torch":
         return knn_torch(features, k, metric=metric, exclude_self=exclude_self, progress=progress, device=device)
     raise InputError(f"unknown retrieval backend {backend!r}; valid: ['auto', 'faiss', 'torch']")
+
+
+# ---- approximate search -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnnParams:
+    """Parameters of a faiss index (see :func:`ann_params` for the defaults' rule).
+
+    index : "ivf", "hnsw" or "exact" (a flat index fed in chunks).
+    nlist : IVF cells (k-means centroids); nprobe : cells visited per query.
+    store : IVF vector store, "flat" (float32, 4 D bytes per row) or "sq8" (8-bit codes, D bytes).
+    train_size : rows (a seeded uniform subsample) the IVF k-means is trained on.
+    m, ef_construction, ef_search : HNSW links per node, and the candidate lists of build and search.
+    query_chunk : query rows per faiss search call (bounds the result buffers and shows progress).
+    threads : faiss OpenMP threads (0: torch's thread count, which honours OMP_NUM_THREADS).
+    gpu : move the index to a GPU when faiss has GPU support and the device is CUDA (untested here).
+    """
+
+    index: str = "ivf"
+    nlist: int = 1024
+    nprobe: int = 16
+    store: str = "flat"
+    train_size: int = 65_536
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    query_chunk: int = 16_384
+    threads: int = 0
+    gpu: bool = True
+
+
+def ann_params(n: int, index: str = "ivf", *, dim: int = 512, store: str = "auto", **overrides) -> AnnParams:
+    """Index parameters for N rows of width ``dim``, by the rule measured in BENCHMARKS.md "Scale".
+
+    IVF: ``nlist`` = the power of two nearest ``4 sqrt(N)`` (at most N / 39, faiss's minimum of
+    training points per cell), trained on ``min(N, 16 nlist)`` rows; ``nprobe`` = 16 (all cells when
+    nlist <= 16). Measured recall@10 of this rule: BENCHMARKS.md "Scale". ``store="auto"``: float32 vectors while ``4 N D`` bytes
+    stay under 4 GiB, 8-bit scalar codes (``N D`` bytes) above. HNSW: M = 32, efConstruction = 80,
+    efSearch = 128 at any N. ``overrides``: any :class:`AnnParams` field.
+    """
+    if store not in STORES:
+        raise InputError(f"unknown IVF store {store!r}; valid: {list(STORES)}")
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    nlist = int(max(1, min(nlist, n // 39)))
+    nprobe = int(min(nlist, 16))
+    if store == "auto":
+        store = "flat" if 4 * n * dim <= AUTO_FLAT_MAX_BYTES else "sq8"
+    params = AnnParams(index=index, nlist=nlist, nprobe=nprobe, store=store, train_size=min(n, 16 * nlist))
+    bad = set(overrides) - set(AnnParams.__dataclass_fields__)
+    if bad:
+        raise InputError(f"unknown ANN parameter(s) {sorted(bad)}; valid: {sorted(AnnParams.__dataclass_fields__)}")
+    return replace(params, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _faiss_threads(threads: int) -> int:
+    return threads if threads > 0 else torch.get_num_threads()
+
+
+def build_index(features: np.ndarray | torch.Tensor | FeatureRows, params: AnnParams, *, metric: Metric = "euclidean",
+                device: torch.device | None = None, progress: bool = False):
+    """A faiss index over the rows of ``features``, trained (IVF) and filled chunk by chunk.
+
+    The rows are read in chunks of about 64 MB (a memory-mapped file is never read whole); the index
+    holds its own copy: 4 N D bytes (exact, IVF flat, HNSW; HNSW adds about 8 M N bytes of links) or
+    N D bytes (IVF sq8), plus nlist D floats of centroids.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(_faiss_threads(params.threads))
+    rows = as_rows(features)
+    n, d = rows.shape
+    if params.index == "exact":
+        index = faiss.IndexFlatL2(d)
+    elif params.index == "hnsw":
+        index = faiss.IndexHNSWFlat(d, params.m)
+        index.hnsw.efConstruction = params.ef_construction
+    elif params.index == "ivf":
+        index = _trained_ivf(rows, params, metric)
+    else:
+        raise InputError(f"unknown retrieval index {params.index!r}; valid: ['exact', 'hnsw', 'ivf']")
+    index = _maybe_gpu(index, params, device)
+    for _, chunk in tqdm(rows.chunks(), total=-(-n // chunk_rows(d)), desc="index", disable=not progress,
+                         leave=False):
+        index.add(_prepare_np(chunk, metric))
+    if params.index == "hnsw":
+        index.hnsw.efSearch = params.ef_search
+    return index
+
+
+def _gpu_faiss(params: AnnParams, device: torch.device | None) -> bool:
+    """Whether the index goes to a GPU: asked for, ``device`` is CUDA and faiss was built with GPU support."""
+    import faiss
+
+    return (params.gpu and params.index != "hnsw"  # faiss has no GPU HNSW
+            and device is not None and device.type == "cuda" and hasattr(faiss, "StandardGpuResources"))
+
+
+def _maybe_gpu(index, params: AnnParams, device: torch.device | None):
+    """The index on the GPU when :func:`_gpu_faiss` says so (untested here: no GPU faiss on this machine)."""
+    import faiss
+
+    if not _gpu_faiss(params, device):
+        return index
+    res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(res, device.index or 0, index)
+
+
+def _prepare_np(chunk: np.ndarray, metric: Metric) -> np.ndarray:
+    x = np.ascontiguousarray(chunk, dtype=np.float32)
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    elif metric != "euclidean":
+        raise InputError(f"unknown metric {metric!r}; valid: ['cosine', 'euclidean']")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def search_index(index, queries: np.ndarray | torch.Tensor | FeatureRows, k: int, params: AnnParams, *,
+                 metric: Metric = "euclidean", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices int64, sq_distances float32)`` (Q, k) of the rows of ``queries``, chunk by chunk.
+
+    Missing results (an IVF visiting too few cells to find k rows) come back as index -1, distance inf.
+    """
+    rows = as_rows(queries)
+    q = len(rows)
+    all_idx = np.empty((q, k), dtype=np.int64)
+    all_dist = np.empty((q, k), dtype=np.float32)
+    step = max(1, params.query_chunk)
+    for start in tqdm(range(0, q, step), desc="search", disable=not progress, leave=False):
+        dist, idx = index.search(_prepare_np(rows[start : start + step], metric), k)
+        all_idx[start : start + len(idx)] = idx
+        all_dist[start : start + len(idx)] = np.where(idx < 0, np.inf, np.maximum(dist, 0))
+    return all_idx, all_dist
+
+
+def knn_ann(
+    features: np.ndarray | torch.Tensor | FeatureRows,
+    k: int,
+    params: AnnParams,
+    *,
+    metric: Metric = "euclidean",
+    exclude_self: bool = True,
+    progress: bool = False,
+    device: torch.device | None = None,
+    timings: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-NN of every row among all rows through a faiss index (:func:`build_index`). Same return as
+    :func:`knn_torch`; ``timings`` (if given) receives ``build_s`` and ``search_s``.
+
+    For IVF on the CPU the queries are the indexed rows, so one coarse pass serves both: each row's
+    ``nprobe`` nearest cells are found once, the first is where it is added, and all are searched;
+    the queries then run in the order of their cell, so consecutive queries scan the same inverted lists
+    while they are in cache (half the time of file order, measured in BENCHMARKS.md "Scale").
+    """
+    t0 = time.perf_counter()
+    kk = k + 1 if exclude_self else k
+    if params.index == "ivf" and not _gpu_faiss(params, device):
+        index, coarse = _build_ivf_self(features, params, metric=metric, progress=progress)
+        t1 = time.perf_counter()
+        idx, dist = _search_ivf_self(index, features, kk, params, coarse, metric=metric, progress=progress)
+    else:
+        index = build_index(features, params, metric=metric, device=device, progress=progress)
+        t1 = time.perf_counter()
+        idx, dist = search_index(index, features, kk, params, metric=metric, progress=progress)
+    if timings is not None:
+        timings.update(build_s=t1 - t0, search_s=time.perf_counter() - t1)
+    if exclude_self:
+        idx, dist = _drop_self(idx, dist, k)
+    # a neighbour the index did not find (too few rows in the visited cells) counts as the row itself:
+    # its candidate is the row's own label, never the label of row -1
+    missing = idx < 0
+    if missing.any():
+        idx[missing] = np.nonzero(missing)[0]
+    return idx, dist
+
+
+def _trained_ivf(rows: FeatureRows, params: AnnParams, metric: Metric):
+    """An empty IVF index (flat or sq8 store) whose k-means cells are trained on a seeded subsample."""
+    import faiss
+
+    n, d = rows.shape
+    if params.store not in ("flat", "sq8"):
+        raise InputError(f"unknown IVF store {params.store!r}; valid: ['flat', 'sq8']")
+    nlist = max(1, min(params.nlist, n))
+    quantizer = faiss.IndexFlatL2(d)
+    if params.store == "flat":
+        index = faiss.IndexIVFFlat(quantizer, d, nlist)
+    else:
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit)
+    # a seeded uniform subsample trains the k-means (faiss's own would draw from all N rows in memory)
+    m = min(n, max(params.train_size, nlist))
+    pick = np.sort(np.random.default_rng(0).choice(n, size=m, replace=False))
+    index.cp.max_points_per_centroid = max(1, -(-m // nlist))  # keep the whole subsample
+    index.cp.min_points_per_centroid = 1  # a few points per cell are enough to place it (no warning)
+    index.train(_prepare_np(rows[pick], metric))
+    index.nprobe = min(params.nprobe, nlist)
+    return index
+
+
+def _build_ivf_self(features, params: AnnParams, *, metric: Metric, progress: bool):
+    """IVF over the rows, filled chunk by chunk; also each row's ``nprobe`` nearest cells (N, nprobe)."""
+    import faiss
+
+    faiss.omp_set_num_threads(_faiss_threads(params.threads))
+    rows = as_rows(features)
+    n, d = rows.shape
+    index = _trained_ivf(rows, params, metric)
+    cells = np.empty((n, index.nprobe), dtype=np.int64)
+    cell_dist = np.empty((n, index.nprobe), dtype=np.float32)
+    for start, chunk in tqdm(rows.chunks(), total=-(-n // chunk_rows(d)), desc="index", disable=not progress,
+                             leave=False):
+        x = _prepare_np(chunk, metric)
+        dist, cell = index.quantizer.search(x, index.nprobe)
+        first = np.ascontiguousarray(cell[:, 0])
+        index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(first))  # ids = row numbers
+        cells[start : start + len(x)], cell_dist[start : start + len(x)] = cell, dist
+    return index, (cells, cell_dist)
+
+
+def _search_ivf_self(index, features, k: int, params: AnnParams, coarse, *, metric: Metric, progress: bool):
+    rows = as_rows(features)
+    cells, cell_dist = coarse
+    order = np.argsort(cells[:, 0], kind="stable")
+    all_idx = np.empty((len(rows), k), dtype=np.int64)
+    all_dist = np.empty((len(rows), k), dtype=np.float32)
+    step = max(1, params.query_chunk)
+    for start in tqdm(range(0, len(order), step), desc="search", disable=not progress, leave=False):
+        block = order[start : start + step]
+        q = _prepare_np(rows[block], metric)
+        dist, idx = index.search_preassigned(q, k, cells[block], cell_dist[block])
+        all_idx[block] = idx
+        all_dist[block] = np.where(idx < 0, np.inf, np.maximum(dist, 0))
+    return all_idx, all_dist
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """The mean fraction of each row's exact k neighbours (Q, k) that are among ``found`` (Q, k')."""
+    if exact.size == 0:
+        return 1.0
+    hits = 0
+    for s in range(0, len(exact), 65_536):  # (rows, k', k) comparisons, a block at a time
+        f, e = found[s : s + 65_536], exact[s : s + 65_536]
+        hits += int((e[:, :, None] == f[:, None, :]).any(2).sum())
+    return hits / exact.size
 
 
 class NeighbourLabelSampler:
