@@ -63,6 +63,13 @@ class RetrievalConfig:
     backend: Literal["auto", "torch", "faiss"] = "auto"
     exclude_self: bool = True
     weighting: bool = True  # weight = agreement count of the draw; False = uniform weights
+    # exact | ivf | hnsw | auto (exact up to 100k rows, IVF above); the approximate index's parameters,
+    # 0 / "auto" = the rule of retrieval.ann_params (docs/scale.md)
+    index: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
+    nlist: int = 0
+    nprobe: int = 0
+    store: Literal["auto", "flat", "sq8"] = "auto"
+    ef_search: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,10 @@ class Config:
             (r.k >= 0, "retrieval.k must be >= 0"),
             (r.metric in ("euclidean", "cosine"), "retrieval.metric must be 'euclidean' or 'cosine'"),
             (r.backend in ("auto", "torch", "faiss"), "retrieval.backend must be 'auto', 'torch' or 'faiss'"),
+            (r.index in ("auto", "exact", "ivf", "hnsw") and r.store in ("auto", "flat", "sq8")
+             and min(r.nlist, r.nprobe, r.ef_search) >= 0,
+             "retrieval.index must be 'auto', 'exact', 'ivf' or 'hnsw', retrieval.store 'auto', 'flat' or 'sq8', "
+             "and retrieval.nlist / nprobe / ef_search >= 0"),
             (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
             (t.auto_epochs >= 0, "train.auto_epochs must be >= 0"),
