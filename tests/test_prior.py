@@ -91,3 +91,15 @@ def test_estimator_with_linear_prior_fits_saves_and_reloads(tmp_path):
     assert clf.score(X, y) > 0.8
     again = LRAClassifier.load(tmp_path / "run")
     np.testing.assert_array_equal(again.predict_label_vectors(X), clf.predict_label_vectors(X))
+
+
+def test_eps_from_y0_drives_ddim_to_the_predicted_y0(y0_prior):
+    # a network that predicts y0 (here: the oracle y0) runs through the eps sampler via eps_from_y0
+    from lra_diffusion.diffusion import eps_from_y0
+
+    y0, prior = y0_prior
+    ab = alpha_bars(cosine_betas(T))
+    for p in (None, prior):
+        start = torch.zeros_like(y0) if p is None else p.clone()
+        out = ddim_sample(lambda y, t, p=p: eps_from_y0(y, y0, ab[t], p), start, ab, ddim_timesteps(T, 10), prior=p)
+        torch.testing.assert_close(out, y0, rtol=0, atol=1e-10)

@@ -44,6 +44,9 @@ class DiffusionConfig:
     # CARD's prior mean f_q(x): "zero" as the reference code, or "linear" = a logistic regression fitted
     # on the noisy labels (models/prior.py); the diffusion is centred at it and starts from it
     prior: Literal["zero", "linear"] = "zero"
+    # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
+    # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
+    prediction: Literal["eps", "y0"] = "eps"
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class Config:
             (d.proba_temperature > 0, "diffusion.proba_temperature must be > 0"),
             (d.stochastic_eta >= 0, "diffusion.stochastic_eta must be >= 0"),
             (d.prior in ("zero", "linear"), "diffusion.prior must be 'zero' or 'linear'"),
+            (d.prediction in ("eps", "y0"), "diffusion.prediction must be 'eps' or 'y0'"),
             (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
             (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),
             (r.k >= 0, "retrieval.k must be >= 0"),

@@ -9,7 +9,7 @@ import torch
 
 from .config import DiffusionConfig
 from .device import autocast_context, batches_to_device
-from .diffusion import alpha_bars, ddim_sample, ddim_timesteps, get_betas
+from .diffusion import alpha_bars, ddim_sample, ddim_timesteps, eps_from_y0, get_betas
 from .models import LabelDenoiser
 
 
@@ -59,7 +59,8 @@ def predict_y0(
 
         def eps_fn(y: torch.Tensor, t: torch.Tensor, xb: torch.Tensor = xb, prior=prior) -> torch.Tensor:
             with autocast_context(dev, amp):
-                return net(xb, y, t, prior).float()
+                out = net(xb, y, t, prior).float()
+            return out if config.prediction == "eps" else eps_from_y0(y, out, alpha_bar[t], prior)
 
         out.append(ddim_sample(eps_fn, y_T, alpha_bar, ts, eta=eta, generator=generator, prior=prior).cpu())
     net.train(was_training)

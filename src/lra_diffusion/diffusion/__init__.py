@@ -15,7 +15,7 @@ code           paper
 Nothing here sees a network, a device string or a file: the model is passed in as a function.
 """
 
-from .ddim import ddim_sample, ddim_step, ddim_timesteps
+from .ddim import ddim_sample, ddim_step, ddim_timesteps, eps_from_y0
 from .losses import antithetic_timesteps, q_sample, weighted_eps_loss
 from .schedule import alpha_bars, cosine_betas, get_betas, linear_betas
 
@@ -26,6 +26,7 @@ __all__ = [
     "ddim_sample",
     "ddim_step",
     "ddim_timesteps",
+    "eps_from_y0",
     "get_betas",
     "linear_betas",
     "q_sample",

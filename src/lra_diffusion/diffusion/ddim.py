@@ -39,6 +39,20 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "leading") -> torc
     return ts.flip(0)
 
 
+def eps_from_y0(
+    y_t: torch.Tensor, y0_pred: torch.Tensor, alpha_bar_t: torch.Tensor, prior: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The noise implied by a y0 estimate (inverting :func:`~lra_diffusion.diffusion.q_sample`), (B, C):
+
+    eps = (y_t - sqrt(a_t) y0_pred - (1 - sqrt(a_t)) f_q) / sqrt(1 - a_t), with a_t = alpha-bar_t (B,) or
+    a scalar, and f_q = 0 when ``prior`` is None. Lets a network that predicts y0 drive the eps sampler.
+    """
+    a = torch.as_tensor(alpha_bar_t, dtype=y_t.dtype, device=y_t.device)
+    a = a.unsqueeze(-1) if a.ndim == 1 else a
+    mean = a.sqrt() * y0_pred if prior is None else a.sqrt() * y0_pred + (1 - a.sqrt()) * prior
+    return (y_t - mean) / (1 - a).sqrt()
+
+
 def ddim_step(
     y_t: torch.Tensor,
     eps_pred: torch.Tensor,

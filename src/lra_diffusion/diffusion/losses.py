@@ -42,6 +42,8 @@ def antithetic_timesteps(
 def weighted_eps_loss(eps_pred: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_i w_i * mean_c (eps_pred[i, c] - eps[i, c])^2, the weights summing to 1 over the batch.
 
+    The same weighted MSE serves the y0 parameterisation: pass the y0 estimate and the clean y0.
+
     Parameters
     ----------
     eps_pred, eps : (B, C).
