@@ -41,7 +41,9 @@ class LabelDenoiser(nn.Module):
       (:func:`lra_diffusion.diffusion.q_sample`) and is concatenated to ``y_t`` as in CARD.
 
     ``h1 = softplus(BN(g1[t] W1 [y_t; f_q; f]))`` (``[y_t; f]`` without a prior), ``h = x_e * h1``,
-    ``h2 = softplus(BN(g2[t] W2 h))``, ``h3 = softplus(BN(g3[t] W3 h2))``, output ``W4 h3`` (C values).
+    ``h2 = softplus(BN(g2[t] W2 h))``, ``h3 = softplus(BN(g3[t] W3 h2))``, output ``W4 h3`` (C values);
+    predicting y0 with a prior, the output is ``f_q + W4 h3`` with W4 starting at zero (a residual on
+    the prior classifier).
 
     Parameters
     ----------
@@ -52,6 +54,7 @@ class LabelDenoiser(nn.Module):
     x_encoder : "trainable" or "frozen".
     prior : condition on (and centre the diffusion at) a linear prior mean f_q(x); its weights start
         at zero (f_q = uniform) until :meth:`set_prior` is called.
+    prediction : ``"eps"`` or ``"y0"``, what the output estimates (only the residual form depends on it).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class LabelDenoiser(nn.Module):
         timesteps: int = 1000,
         x_encoder: str = "trainable",
         prior: bool = False,
+        prediction: str = "eps",
     ):
         super().__init__()
         self.num_classes, self.input_dim, self.has_prior = num_classes, input_dim, prior
@@ -83,13 +87,19 @@ class LabelDenoiser(nn.Module):
         self.lin3 = ConditionalLinear(feature_dim, feature_dim, timesteps)
         self.norm3 = nn.BatchNorm1d(feature_dim)
         self.lin4 = nn.Linear(feature_dim, num_classes)
+        # predicting y0 with a prior, the output is f_q + W4 h3: a correction of the prior classifier,
+        # zero at the start, so the untrained denoiser already predicts f_q (not noise)
+        self.residual = prior and prediction == "y0"
+        if self.residual:
+            nn.init.zeros_(self.lin4.weight)
+            nn.init.zeros_(self.lin4.bias)
 
     @classmethod
     def from_config(cls, num_classes: int, input_dim: int, config) -> LabelDenoiser:
         """The denoiser a :class:`~lra_diffusion.config.Config` describes (weights from torch's RNG)."""
         return cls(num_classes, input_dim, feature_dim=config.model.feature_dim,
                    timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder,
-                   prior=config.diffusion.prior == "linear")
+                   prior=config.diffusion.prior == "linear", prediction=config.diffusion.prediction)
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feat_mean.copy_(mean)
@@ -132,4 +142,4 @@ class LabelDenoiser(nn.Module):
         h = x_e * h
         h = F.softplus(self.norm2(self.lin2(h, t)))
         h = F.softplus(self.norm3(self.lin3(h, t)))
-        return self.lin4(h)
+        return self.lin4(h) + prior if self.residual else self.lin4(h)
