@@ -107,3 +107,18 @@ def test_unknown_index():
 def test_recall_at_k():
     exact = np.array([[1, 2], [3, 4]])
     assert recall_at_k(np.array([[2, 1], [3, 9]]), exact) == 0.75
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_streaming_exact_equals_in_memory_exact(tmp_path, exclude_self, metric):
+    from lra_diffusion.retrieval import knn_streaming
+
+    X = np.random.default_rng(3).normal(size=(777, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    ref_idx, ref_dist = knn(X, 6, index="exact", backend="torch", metric=metric, exclude_self=exclude_self)
+    idx, dist = knn_streaming(mapped, 6, metric=metric, exclude_self=exclude_self, block_bytes=4 * 12 * 100)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(knn(mapped, 6, index="exact", metric=metric, exclude_self=exclude_self)[0], ref_idx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -82,6 +83,20 @@ def load_features(path: Path, what: str = "features") -> np.ndarray:
     return load_checked(path, what, kinds="biuf", ndim=2, expected="numbers")
 
 
+MMAP_BYTES = 512 * 2**20
+
+
+def load_train_features(path: Path, mmap: bool | None = None) -> np.ndarray:
+    """Training features: memory-mapped when ``mmap`` (None: when the file is over 512 MB), else loaded."""
+    if mmap is None:
+        mmap = path.is_file() and path.stat().st_size > MMAP_BYTES
+    if not mmap:
+        return load_features(path)
+    from .features import open_features
+
+    return open_features(path)
+
+
 def load_labels(path: Path, what: str = "labels") -> np.ndarray:
     """A 1-D label array (numbers or strings) from ``.npy``, validated."""
     return load_checked(path, what, kinds="biuUS", ndim=1, expected="integers or strings")
@@ -118,11 +133,20 @@ def fit(
     device: Annotated[Optional[str], typer.Option(
         help="Where to train: auto | cpu | cuda | cuda:I (default: the config's runtime.device, cpu).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    mmap: Annotated[Optional[bool], typer.Option(
+        help="Memory-map --features and read it in chunks (default: for files over 512 MB; docs/scale.md).")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Train in N processes with DistributedDataParallel: runs "
+                                                    "torchrun --nproc-per-node N (gloo on CPU, NCCL on GPUs).")] = 1,
 ) -> None:
     """Train LRA-diffusion on feature vectors with noisy labels; write a run directory."""
     from .config import Config
     from .device import resolve_device
     from .estimator import LRAClassifier
+
+    if nproc > 1:
+        from .distributed import torchrun_argv
+
+        raise typer.Exit(subprocess.call(torchrun_argv(nproc, sys.argv[1:])))
 
     if k is not None and k != "auto":
         if not k.isdigit():
@@ -132,7 +156,7 @@ def fit(
     resolve_device(device or cfg.runtime.device)  # a GPU that is not there fails before any work
     if checkpoint_every is not None:
         cfg = cfg.replace(train={"checkpoint_every": checkpoint_every})
-    X, y = load_features(features), load_labels(labels)
+    X, y = load_train_features(features, mmap), load_labels(labels)
     if len(X) != len(y):
         raise InputError(f"{features} has {len(X)} rows but {labels} has {len(y)} labels")
     if (val_features is None) != (val_labels is None):
@@ -156,7 +180,11 @@ def fit(
     if "k_selection" in info:
         accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
         typer.echo(f"k=auto: validation accuracy {accs}; kept k={est.config_.retrieval.k}")
-    typer.echo(f"trained {info['epochs']} epochs in {info['seconds']:.1f} s{resumed}{best}; run written to {out}")
+    from .distributed import context, shutdown
+
+    if context().is_main:
+        typer.echo(f"trained {info['epochs']} epochs in {info['seconds']:.1f} s{resumed}{best}; run written to {out}")
+    shutdown()
 
 
 @command()

@@ -19,9 +19,11 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from . import __version__
 from .config import Config
+from . import distributed
 from .device import resolve_device
 from .errors import InputError
 from .evaluate import predict_proba, predict_y0, readout
+from .features import FeatureRows, is_mapped, map_chunks
 from .io import load_tensors, read_json, save_tensors, sha256_array, write_json
 from .models import LabelDenoiser
 from .train import train
@@ -31,6 +33,11 @@ RUN_FILES = ("config.json", "model.safetensors", "metrics.json")
 
 def check_finite(X: np.ndarray, what: str = "features") -> None:
     """Raise InputError naming the first row holding NaN or inf."""
+    if X.ndim == 2:  # chunk by chunk: a memory-mapped file is never read whole
+        row = FeatureRows(X).first_nonfinite_row()
+        if row is not None:
+            raise InputError(f"{what} contain NaN or inf (first bad row: {row})")
+        return
     bad = ~np.isfinite(X)
     if bad.any():
         row = int(np.argmax(bad.reshape(len(X), -1).any(axis=1)))
@@ -121,6 +128,14 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         return base.replace(**{s: kv for s, kv in changes.items() if kv})
 
     def _check_X(self, X, *, reset: bool, what: str = "features") -> np.ndarray:
+        if is_mapped(X) and X.ndim == 2:  # a memory-mapped file stays mapped (any float dtype), see docs/scale.md
+            if reset:
+                self.n_features_in_ = X.shape[1]
+            elif X.shape[1] != self.n_features_in_:
+                raise InputError(f"{what}: X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                                 f"{self.n_features_in_} features as input")
+            check_finite(X, what)
+            return X
         try:
             X = validate_data(self, X, reset=reset, dtype=np.float32, ensure_all_finite=False)
         except ValueError as e:
@@ -191,7 +206,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         }
         if len(selection) > 1:
             self.fit_info_["k_selection"] = {str(k): acc for k, acc in selection.items()}
-        if run_dir is not None:
+        if run_dir is not None and distributed.context().is_main:  # under torchrun, rank 0 writes the run
             self.save(run_dir)
         return self
 
@@ -204,7 +219,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         """Deterministic DDIM label vectors y0 (N, C), one column per class in ``classes_``."""
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        return predict_y0(self.model_, X, self.config_.diffusion, **self._runtime()).numpy()
+        rows = FeatureRows(X) if is_mapped(X) else X  # a mapped file is predicted in chunks
+        return map_chunks(lambda c: predict_y0(self.model_, c, self.config_.diffusion, **self._runtime()), rows).numpy()
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (N,): the coordinate of the DDIM output closest to 1."""

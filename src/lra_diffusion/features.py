@@ -24,9 +24,10 @@ from .errors import InputError
 CHUNK_BYTES = 64 * 2**20  # float32 bytes per chunk
 
 
-def chunk_rows(dim: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per chunk so that a float32 chunk of width ``dim`` holds about ``chunk_bytes``."""
-    return max(1, chunk_bytes // (4 * max(1, dim)))
+def chunk_rows(dim: int, chunk_bytes: int | None = None) -> int:
+    """Rows per chunk so that a float32 chunk of width ``dim`` holds about ``chunk_bytes`` (default
+    :data:`CHUNK_BYTES`, read at each call)."""
+    return max(1, (chunk_bytes or CHUNK_BYTES) // (4 * max(1, dim)))
 
 
 def open_features(path: str | Path, *, what: str = "features") -> np.ndarray:
@@ -110,7 +111,7 @@ class FeatureRows:
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-column mean and (unbiased) standard deviation (D,), float32, in two chunked passes.
 
-        Accumulated in float64 (so chunking does not change the result); std is 1 for a single row.
+        Sums accumulated in float64 over float32 deviations; std is 1 for a single row.
         """
         n, d = self.shape
         total = np.zeros(d)
@@ -118,8 +119,10 @@ class FeatureRows:
             total += c.sum(0, dtype=np.float64)
         mean = total / max(n, 1)
         sq = np.zeros(d)
+        mean32 = mean.astype(np.float32)
         for _, c in self.chunks():
-            sq += ((c - mean) ** 2).sum(0)
+            dev = c - mean32  # float32 temporaries: two chunks, not four float64 ones
+            sq += (dev * dev).sum(0, dtype=np.float64)
         std = np.sqrt(sq / (n - 1)) if n > 1 else np.ones(d)
         return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
@@ -147,3 +150,15 @@ def as_rows(features: np.ndarray | torch.Tensor | FeatureRows) -> FeatureRows:
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
     return FeatureRows(features if isinstance(features, np.ndarray) else np.asarray(features))
+
+
+def map_chunks(fn, features: np.ndarray | FeatureRows, rows_per_call: int = 16 * 4096) -> torch.Tensor:
+    """``fn`` over row chunks of ``features``, results concatenated along dim 0.
+
+    An in-memory array goes to ``fn`` whole (as before); :class:`FeatureRows` (a mapped file) in chunks
+    of ``rows_per_call`` rows, a multiple of the predictors' 4096-row batches, so a deterministic
+    prediction is the same either way.
+    """
+    if not isinstance(features, FeatureRows):
+        return fn(features)
+    return torch.cat([fn(chunk) for _, chunk in features.chunks(rows_per_call)])

@@ -101,6 +101,56 @@ def knn_torch(
     return all_idx, all_dist
 
 
+def knn_streaming(
+    features: np.ndarray | FeatureRows,
+    k: int,
+    *,
+    metric: Metric = "euclidean",
+    exclude_self: bool = True,
+    progress: bool = False,
+    device: torch.device | None = None,
+    block_bytes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k-NN of rows read block by block (a memory-mapped file stays on disk). Same return as
+    :func:`knn_torch`.
+
+    Each block of queries is compared with every block of rows (``block_bytes`` of float32 each, default
+    a quarter of the feature chunk, 16 MB), keeping a running top-k: memory is two blocks, their distance
+    block and the (N, k) results, whatever N is; the rows are read N / block times (from the page cache).
+    """
+    from . import features as features_mod
+
+    rows = as_rows(features)
+    n, d = rows.shape
+    kk = k + 1 if exclude_self else k
+    size = chunk_rows(d, block_bytes or features_mod.CHUNK_BYTES // 4)
+    dev = device if device is not None else torch.device("cpu")
+
+    def block(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(_prepare_np(rows[start : start + size], metric)).to(dev)
+        return x, (x * x).sum(1)
+
+    all_idx = np.empty((n, kk), dtype=np.int64)
+    all_dist = np.empty((n, kk), dtype=np.float32)
+    with torch.no_grad():
+        for qs in tqdm(range(0, n, size), desc="kNN", disable=not progress, leave=False):
+            q, qn = block(qs)
+            best_d = torch.full((len(q), kk), float("inf"), device=dev)
+            best_i = torch.zeros((len(q), kk), dtype=torch.int64, device=dev)
+            for ds in range(0, n, size):
+                x, xn = (q, qn) if ds == qs else block(ds)
+                dist = qn[:, None] - 2 * q @ x.T + xn[None, :]
+                cand_d = torch.cat([best_d, dist], 1)
+                cand_i = torch.cat([best_i, torch.arange(ds, ds + len(x), device=dev).expand(len(q), -1)], 1)
+                best_d, j = torch.topk(cand_d, kk, dim=1, largest=False, sorted=True)
+                best_i = cand_i.gather(1, j)
+            all_idx[qs : qs + len(q)] = best_i.cpu().numpy()
+            all_dist[qs : qs + len(q)] = best_d.clamp_min(0).cpu().numpy()
+    if exclude_self:
+        return _drop_self(all_idx, all_dist, k)
+    return all_idx, all_dist
+
+
 def knn_faiss(
     features: np.ndarray | torch.Tensor, k: int, *, metric: Metric = "euclidean", exclude_self: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +209,8 @@ def knn(
         return knn_ann(features, k, params, metric=metric, exclude_self=exclude_self, progress=progress,
                        device=device)
     if isinstance(features, FeatureRows) or is_mapped(features):
-        # out of core: stream the rows into faiss (or, without it, read them whole for torch)
-        if faiss_available() and backend in ("auto", "faiss"):
-            return knn_ann(features, k, AnnParams(index="exact"), metric=metric, exclude_self=exclude_self,
-                           progress=progress, device=device)
-        features = as_rows(features).to_numpy()
+        # out of core: blocks of queries against blocks of rows, never the whole matrix (nor a copy in faiss)
+        return knn_streaming(features, k, metric=metric, exclude_self=exclude_self, progress=progress, device=device)
     on_gpu = device is not None and device.type != "cpu"
     if backend == "auto":
         backend = "torch" if on_gpu or not faiss_available() else "faiss"
