@@ -247,6 +247,7 @@ def test_missing_shipped_weights_fail_fast_with_the_recipe(tmp_path, monkeypatch
     assert shipped_weights_path().parent.parent == Path(__file__).resolve().parents[1]  # the repository
 
 
+@pytest.mark.floats
 def test_export_round_trip_float16(tmp_path, images, monkeypatch):
     enc = _small_trained()
     info = export_weights(enc, tmp_path / "w.safetensors", metadata={"epochs": 3, "note": "test"})
@@ -271,7 +272,7 @@ def test_export_round_trip_float16(tmp_path, images, monkeypatch):
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "gone.safetensors"))
     again = load_encoder(tmp_path / "saved")
     assert isinstance(again, SimCLRCIFAR10Encoder) and again.fingerprint() == shipped.fingerprint()
-    np.testing.assert_array_equal(again.encode(images[:4]), b[:4])
+    np.testing.assert_array_equal(again.encode(images), b)  # same batch as b: same bits after a reload
 
 
 def test_full_size_export_fits_the_25_mb_budget(tmp_path):
