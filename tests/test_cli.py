@@ -79,6 +79,7 @@ def trained(tmp_path_factory) -> Path:
 # ---- the happy path -----------------------------------------------------------------------------
 
 
+@pytest.mark.floats
 def test_fit_then_predict(inputs, tmp_path):
     res = lra(*fit_args(inputs, tmp_path / "run", "--seed", "4"))
     assert res.exit_code == 0, res.output
@@ -296,6 +297,7 @@ def assert_same_run(a: Path, b: Path, X: np.ndarray) -> None:
     np.testing.assert_array_equal(ea.predict_proba(X), eb.predict_proba(X))
 
 
+@pytest.mark.floats
 def test_resume_skips_a_truncated_checkpoint_with_a_warning(inputs, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert lra(*fit_args(inputs, ref, "--checkpoint-every", "4")).exit_code == 0
@@ -312,6 +314,7 @@ def test_resume_skips_a_truncated_checkpoint_with_a_warning(inputs, tmp_path):
     assert_same_run(run, ref, X_)
 
 
+@pytest.mark.floats
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     """Acceptance: `lra fit` killed with SIGKILL mid-run, resumed, equals an uninterrupted run bit for bit."""
     d = tmp_path / "in"

@@ -49,6 +49,7 @@ def y0() -> torch.Tensor:
 
 @pytest.mark.parametrize("start", ["zeros", "gaussian"])
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.floats
 def test_ddim_with_oracle_recovers_y0(y0, start, schedule):
     ab = alpha_bars(get_betas(schedule, T))
     g = torch.Generator().manual_seed(1)
@@ -106,6 +107,7 @@ def test_diffusers_timesteps_and_betas_match(scheduler):
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.7])
+@pytest.mark.floats
 def test_ddim_loop_matches_diffusers_step_by_step(scheduler, eta):
     # the same float64 alpha-bar table for both, so only the update rule is compared
     ab = alpha_bars(cosine_betas(T))

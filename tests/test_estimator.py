@@ -50,6 +50,7 @@ def test_sklearn_estimator_checks(estimator, check):
 
 
 @pytest.mark.parametrize("labels", ["ints", "strings", "sparse_ints"])
+@pytest.mark.floats
 def test_save_load_gives_identical_predictions(tmp_path, labels):
     X, y = make_blobs()
     y = {"ints": y, "strings": np.array(["cat", "dog", "eel"])[y], "sparse_ints": np.array([3, 7, 10])[y]}[labels]
@@ -72,6 +73,7 @@ def test_non_contiguous_labels_are_mapped():
     assert set(est.predict(X)) <= {-5, 2, 40}
 
 
+@pytest.mark.floats
 def test_same_seed_same_predictions_other_seed_other_weights():
     X, y = make_blobs()
     a, b, c = small().fit(X, y), small().fit(X, y), small(random_state=1).fit(X, y)
@@ -79,6 +81,7 @@ def test_same_seed_same_predictions_other_seed_other_weights():
     assert not torch.equal(a.model_.lin4.weight, c.model_.lin4.weight)
 
 
+@pytest.mark.floats
 def test_predict_proba_rows_are_distributions():
     X, y = make_blobs()
     for n_samples in (1, 4):
@@ -103,6 +106,7 @@ def test_run_directory_records_versions_config_seed_and_input_hashes(tmp_path):
     assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.floats
 def test_fit_resume_from_run_dir_is_identical(tmp_path):
     X, y = make_blobs()
     full = small().fit(X, y)

@@ -36,6 +36,7 @@ def test_output_depends_on_every_input():
     assert not torch.allclose(model(f, y, (t + 1) % 50), out)
 
 
+@pytest.mark.floats
 def test_eval_mode_is_per_sample():
     # BatchNorm uses running statistics in eval mode, so a sample's output does not depend on its batch
     model = make().eval()

@@ -80,6 +80,7 @@ def test_denoiser_with_prior_conditions_on_it():
         LabelDenoiser(4, 6, feature_dim=16, timesteps=50).set_prior(torch.zeros(6, 4), torch.zeros(4))
 
 
+@pytest.mark.floats
 def test_estimator_with_linear_prior_fits_saves_and_reloads(tmp_path):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 5)) * 3

@@ -27,6 +27,7 @@ def brute_force(X: np.ndarray, k: int, metric: str, exclude_self: bool) -> tuple
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("exclude_self", [True, False])
+@pytest.mark.floats
 def test_knn_equals_brute_force(backend, metric, exclude_self):
     X = np.random.default_rng(0).normal(size=(150, 6)).astype(np.float32)
     idx, dist = knn(X, 7, metric=metric, backend=backend, exclude_self=exclude_self)
@@ -38,6 +39,7 @@ def test_knn_equals_brute_force(backend, metric, exclude_self):
         np.testing.assert_array_equal(idx[:, 0], np.arange(150))  # each point is its own nearest
 
 
+@pytest.mark.floats
 def test_knn_torch_chunking_does_not_change_the_result():
     X = np.random.default_rng(1).normal(size=(101, 5)).astype(np.float32)
     a = knn_torch(X, 4, chunk_size=7)
@@ -120,6 +122,7 @@ def test_uniform_weights_when_weighting_is_off():
     assert torch.equal(weights, torch.ones(100))
 
 
+@pytest.mark.floats
 def test_seed_fixes_the_draws(sampler):
     index = torch.tensor([0, 1, 2] * 100)
     a = sampler.sample(index, torch.Generator().manual_seed(3))

@@ -177,6 +177,7 @@ def test_minilm_loads_and_encodes_with_no_network(minilm):
 
 
 @needs_minilm
+@pytest.mark.floats
 def test_minilm_features_are_meaningful_and_deterministic(minilm):
     enc, feats, _ = minilm
     texts = ["The team won the final match.", "The striker scored two goals.",
@@ -225,6 +226,7 @@ def test_sentence_transformer_from_a_local_directory(tiny_model, tmp_path):
         get_encoder("sentence-transformer", model=str(tmp_path / "empty"))
 
 
+@pytest.mark.floats
 def test_feature_cache_for_texts(tiny_model, tmp_path, monkeypatch):
     enc = get_encoder("sentence-transformer", model=str(tiny_model))
     ds = TextDataset([f"text number {i}" for i in range(10)], np.arange(10) % 3, ("a", "b", "c"))

@@ -63,6 +63,7 @@ def test_split_holdout():
     assert np.array_equal(a[1], b[1])
 
 
+@pytest.mark.floats
 def test_ema_update():
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():
@@ -102,6 +103,7 @@ def test_compiled_forward_trains_like_the_eager_one():
     assert torch.allclose(a, b, atol=1e-3)
 
 
+@pytest.mark.floats
 def test_same_seed_is_bit_identical_and_another_seed_is_not():
     a, b, c = run(), run(), run(seed=1)
     assert_same_result(a, b)
@@ -168,6 +170,7 @@ def test_checkpoint_holds_the_whole_training_state(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [4, 6, 8, 12])  # mid-epoch and epoch-end checkpoints
+@pytest.mark.floats
 def test_resume_is_bit_identical(tmp_path, stop):
     full = run(checkpoint_dir=tmp_path / "full")
     ck = tmp_path / "cut"
@@ -182,6 +185,7 @@ def test_resume_is_bit_identical(tmp_path, stop):
     assert not list(ck.glob(".*tmp"))
 
 
+@pytest.mark.floats
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     full = run(checkpoint_dir=tmp_path)
     for path in Checkpointer(tmp_path).paths():
