@@ -43,10 +43,10 @@ class DiffusionConfig:
     stochastic_eta: float = 1.0  # eta of the stochastic runs (n_samples > 1), which start from N(f_q, I)
     # CARD's prior mean f_q(x): "zero" as the reference code, or "linear" = a logistic regression fitted
     # on the noisy labels (models/prior.py); the diffusion is centred at it and starts from it
-    prior: Literal["zero", "linear"] = "zero"
+    prior: Literal["zero", "linear"] = "linear"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
-    prediction: Literal["eps", "y0"] = "eps"
+    prediction: Literal["eps", "y0"] = "y0"
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class TrainConfig:
 
     epochs: int | None = None  # None = auto: at least `auto_steps` optimiser steps and `auto_epochs` epochs
     auto_steps: int = 2000
-    auto_epochs: float = 0.0
+    auto_epochs: float = 30.0
     batch_size: int = 256
     lr: float = 1e-3
     warmup_fraction: float = 0.025  # linear warm-up over this fraction of all steps, then half-cosine
@@ -91,6 +91,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # held-out slice of the *noisy* training data when no validation set
     evals: int = 20  # validation evaluations (model-selection candidates), spread evenly over ...
     select_after: float = 0.0  # ... the epochs after this fraction of the run (0 = all epochs)
+    # with the residual y0 denoiser (prior "linear", prediction "y0") the untrained model, which predicts
+    # the prior exactly, is a selection candidate too ("epoch 0")
+    select_start: bool = True
     checkpoint_every: int = 0  # optimiser steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2
 

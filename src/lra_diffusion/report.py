@@ -138,7 +138,7 @@ def curves_figure(history: list[dict]) -> Figure | None:
     axes[0].plot(epochs, losses, marker="." if len(epochs) < 50 else None)
     axes[0].set_title("Training loss")
     axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("weighted eps-prediction MSE")
+    axes[0].set_ylabel("weighted MSE of the denoiser")
     if val:
         axes[1].plot(*zip(*val), marker="o", color="tab:green")
     else:

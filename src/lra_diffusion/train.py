@@ -33,7 +33,9 @@ from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
 from .io import load_tensors, save_tensors, sha256_array
 from .models import LabelDenoiser, fit_prior
-from .retrieval import NeighbourLabelSampler, knn
+from . import distributed
+from .features import FeatureRows, is_mapped, map_chunks
+from .retrieval import NeighbourLabelSampler, ann_params, knn
 
 
 @dataclass
@@ -76,9 +78,9 @@ def check_inputs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, 
         raise InputError(f"{what}features must be 2-D (N, D) with D >= 1, got shape {features.shape}")
     if labels.shape != (len(features),):
         raise InputError(f"{what}labels must have shape ({len(features)},) to match the features, got {labels.shape}")
-    bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
-        raise InputError(f"{what}features contain NaN or inf (first bad row: {int(np.argmax(bad))})")
+    bad = FeatureRows(features).first_nonfinite_row()  # chunk by chunk: a mapped file is never read whole
+    if bad is not None:
+        raise InputError(f"{what}features contain NaN or inf (first bad row: {bad})")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise InputError(f"{what}labels must be class indices in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
 
@@ -111,22 +113,31 @@ def training_step(
     grad_clip: float,
     amp: bool = False,
     forward: Callable[..., torch.Tensor] | None = None,
+    prediction: str = "eps",
+    part: slice | None = None,
+    global_batch: int | None = None,
+    loss_scale: float = 1.0,
 ) -> float:
     """One optimiser step of the weighted epsilon-prediction loss on a batch; returns the loss.
 
     x (B, D) features, labels (B,) retrieved labels, weights (B,) agreement counts, all on the model's
     device. t and eps are drawn from ``generator`` (a CPU generator) and copied to that device.
     ``amp``: autocast the forward pass on CUDA. ``forward``: what to call instead of ``model`` (e.g. its
-    ``torch.compile`` wrapper, which shares its parameters).
+    ``torch.compile`` wrapper, which shares its parameters). ``prediction``: the network's target,
+    ``"eps"`` (the noise) or ``"y0"`` (the clean label vector).
+    ``part``, ``global_batch``, ``loss_scale`` (distributed training): the batch is rows ``part`` of a
+    global batch of ``global_batch`` rows; t and eps are drawn for the global batch and sliced, so the
+    ranks together draw what a 1-process run would; the loss is multiplied by ``loss_scale``.
     """
     dev = x.device
     y0 = torch.nn.functional.one_hot(labels, model.num_classes).float()
-    t = to_device(antithetic_timesteps(len(x), len(alpha_bar), generator=generator), dev)
-    eps = to_device(torch.randn(y0.shape, generator=generator), dev)
+    size, rows = (len(x), slice(None)) if part is None else (global_batch, part)
+    t = to_device(antithetic_timesteps(size, len(alpha_bar), generator=generator)[rows], dev)
+    eps = to_device(torch.randn((size, y0.shape[1]), generator=generator)[rows], dev)
     prior = model.prior_mean(x)  # CARD's f_q(x), None for the zero prior
     with autocast_context(dev, amp):
-        eps_pred = (model if forward is None else forward)(x, q_sample(y0, t, eps, alpha_bar, prior), t, prior)
-    loss = weighted_eps_loss(eps_pred.float(), eps, weights)
+        pred = (model if forward is None else forward)(x, q_sample(y0, t, eps, alpha_bar, prior), t, prior)
+    loss = weighted_eps_loss(pred.float(), eps if prediction == "eps" else y0, weights) * loss_scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -165,7 +176,9 @@ def train(
     config = config or Config()
     tc, rc, dc, rt = config.train, config.retrieval, config.diffusion, config.runtime
     dev = resolve_device(rt.device)
-    features = np.ascontiguousarray(features, dtype=np.float32)
+    ctx = distributed.init(dev)  # one process unless launched by torchrun (docs/scale.md)
+    mapped = is_mapped(features)  # a memory-mapped file stays on disk: read in chunks and batches
+    features = features if mapped else np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     check_inputs(features, labels, num_classes)
     if (val_features is None) != (val_labels is None):
@@ -179,29 +192,42 @@ def train(
     if val_features is None:
         train_idx, val_idx = split_holdout(len(features), tc.val_fraction, gen)
         if val_idx is not None:
-            val_features, val_labels = features[val_idx], labels[val_idx]
+            val_features = FeatureRows(features, val_idx) if mapped else features[val_idx]
+            val_labels = labels[val_idx]
     else:
         train_idx, val_idx = np.arange(len(features)), None
-    x_np, y_np = features[train_idx], labels[train_idx]
-    n = len(x_np)
+    x_rows, y_np = FeatureRows(features, train_idx), labels[train_idx]
+    n = len(x_rows)
     if rc.k >= n:
         raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
-    neighbours, _ = knn(x_np, rc.k, metric=rc.metric, backend=rc.backend, exclude_self=rc.exclude_self, device=dev)
+    ann = ann_params(n, "ivf" if rc.index == "auto" else rc.index, dim=x_rows.shape[1], store=rc.store,
+                     nlist=rc.nlist or None, nprobe=rc.nprobe or None, ef_search=rc.ef_search or None)
+    neighbours = distributed.broadcast_from_main(  # computed once, on rank 0
+        lambda: knn(x_rows if mapped else x_rows.to_numpy(), rc.k, metric=rc.metric, backend=rc.backend,
+                    index=rc.index, ann=ann, exclude_self=rc.exclude_self, device=dev)[0], ctx)
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
-    x = torch.from_numpy(x_np)
+    # in memory: the whole (n, D) matrix (on the device, batches gathered there); mapped: gathered per batch
+    x = None if mapped else torch.from_numpy(x_rows.to_numpy())
 
     # The initial weights come from the seed too: nn.Linear draws from torch's global CPU generator, so
     # seed it inside a fork that restores the caller's state afterwards.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        model = LabelDenoiser.from_config(num_classes, x.shape[1], config)
-    model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
-    if model.has_prior:
-        fit_model_prior(model, x, y_np, val_features, val_labels, gen)
-    x = to_device(x, dev)  # the whole (N, D) training matrix: batches are gathered on the device
+        model = LabelDenoiser.from_config(num_classes, x_rows.shape[1], config)
+    if x is None:
+        model.set_feature_stats(*x_rows.mean_std())  # two chunked passes, float64 sums
+    else:
+        model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    if model.has_prior:  # the linear prior is fitted on the features in memory, even a mapped file's
+        fit_model_prior(model, x if x is not None else torch.from_numpy(x_rows.to_numpy()), y_np,
+                        val_features.to_numpy() if isinstance(val_features, FeatureRows) else val_features,
+                        val_labels, gen)
+    if x is not None:
+        x = to_device(x, dev)
     model.to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
-    forward = torch.compile(model) if rt.compile else None  # shares model's parameters and state_dict
+    ddp = distributed.wrap(model, ctx, dev)  # DistributedDataParallel under torchrun, else model itself
+    forward = torch.compile(ddp) if rt.compile else (ddp if ctx.active else None)  # shares model's parameters
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=(0.9, 0.999), fused=True
     )
@@ -220,9 +246,9 @@ def train(
     perm = None
     best_weights: dict[str, torch.Tensor] | None = None
     fingerprint = {
-        "features": sha256_array(features), "labels": sha256_array(labels), "seed": seed,
+        "features": FeatureRows(features).sha256(), "labels": sha256_array(labels), "seed": seed,
         "config": config.experiment_dict(), "num_classes": num_classes,  # [runtime] may change on resume
-        "val": sha256_array(np.asarray(val_features, dtype=np.float32)) if val_features is not None else None,
+        "val": FeatureRows(val_features).sha256() if val_features is not None else None, "world": ctx.world,
     }
     ckpt = Checkpointer(checkpoint_dir, keep=tc.keep_checkpoints) if checkpoint_dir is not None else None
     if not resume and ckpt is not None and ckpt.paths():
@@ -246,8 +272,25 @@ def train(
     resumed_from = state["step"] if state["step"] > 0 else None
 
     eval_model = ema if tc.use_ema else model
+
+    def consider(epoch: int, record: dict) -> dict[str, torch.Tensor] | None:
+        """Score ``eval_model`` after ``epoch`` epochs on the validation data into ``record``; return a
+        copy of its weights if it is the best so far (ties: the later, longer-trained weights)."""
+        y0_val = map_chunks(lambda c: predict_y0(eval_model, c, dc, amp=rt.amp), val_features)
+        record["val_accuracy"] = acc = float((readout(y0_val, dc.readout).numpy() == val_labels).mean())
+        if state["best_acc"] is None or acc >= state["best_acc"]:
+            state["best_acc"], state["best_epoch"] = acc, epoch
+            return {k: v.clone() for k, v in eval_model.state_dict().items()}
+        return None
+
+    if tc.select_start and model.residual and val_features is not None and state["step"] == 0 and ctx.is_main:
+        # the untrained residual denoiser predicts its prior f_q exactly: a candidate as well, so a run whose
+        # training never beats its prior on the held-out labels keeps the prior (best_epoch 0, and the
+        # accuracy of that start is state["start"]; the history holds the epochs only)
+        state["start"] = {}
+        best_weights = consider(0, state["start"])
     started = time.perf_counter() - state.get("seconds", 0.0)
-    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress, leave=False)
+    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress or not ctx.is_main, leave=False)
     model.train()
     while state["step"] < total:
         epoch, pos = divmod(state["step"], steps_per_epoch)
@@ -256,9 +299,16 @@ def train(
         idx = perm[pos * batch : (pos + 1) * batch]
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * lr_factor(state["step"], total, warmup)
-        drawn, weights = (to_device(v, dev) for v in sampler.sample(idx, gen))
-        loss = training_step(model, optimizer, x[to_device(idx, dev)], drawn, weights, alpha_bar=alpha_bar,
-                             generator=gen, grad_clip=tc.grad_clip, amp=rt.amp, forward=forward)
+        drawn, weights = sampler.sample(idx, gen)  # for the global batch, on every rank alike
+        part, scale = slice(None), 1.0
+        if ctx.active:  # this rank's slice; its loss weighted so that the ranks' mean is the batch's loss
+            part = distributed.shard_bounds(len(idx), ctx.world, ctx.rank)
+            scale = ctx.world * float(weights[part].sum() / weights.sum())
+        xb = x[to_device(idx[part], dev)] if x is not None else to_device(x_rows.gather(idx[part]), dev)
+        loss = training_step(model, optimizer, xb, to_device(drawn[part], dev), to_device(weights[part], dev),
+                             alpha_bar=alpha_bar, generator=gen, grad_clip=tc.grad_clip, amp=rt.amp,
+                             forward=forward, prediction=dc.prediction, part=part if ctx.active else None,
+                             global_batch=len(idx), loss_scale=scale)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at step {state['step']}")
         ema_update(ema, model, min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"])))
@@ -269,16 +319,12 @@ def train(
 
         epoch_end = state["step"] % steps_per_epoch == 0
         if epoch_end:
-            record = {"epoch": epoch + 1, "step": state["step"], "loss": float(np.mean(state.pop("losses")))}
-            if val_features is not None and epoch + 1 in eval_epochs:
-                y0_val = predict_y0(eval_model, val_features, dc, amp=rt.amp)
-                acc = float((readout(y0_val, dc.readout).numpy() == val_labels).mean())
-                record["val_accuracy"] = acc
-                if state["best_acc"] is None or acc >= state["best_acc"]:  # ties: the later, longer-trained weights
-                    state["best_acc"], state["best_epoch"] = acc, epoch + 1
-                    best_weights = {k: v.clone() for k, v in eval_model.state_dict().items()}
+            record = {"epoch": epoch + 1, "step": state["step"],
+                      "loss": distributed.mean_over_ranks(float(np.mean(state.pop("losses"))), ctx)}
+            if val_features is not None and epoch + 1 in eval_epochs and ctx.is_main:
+                best_weights = consider(epoch + 1, record) or best_weights
             state["history"].append(record)
-        if ckpt is not None and (epoch_end or (tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0)):
+        if ckpt is not None and ctx.is_main and (epoch_end or (tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0)):
             state["seconds"] = time.perf_counter() - started
             ckpt.save(state["step"], model, ema, optimizer, gen, perm, best_weights, state, fingerprint)
     bar.close()

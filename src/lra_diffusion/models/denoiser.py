@@ -42,8 +42,8 @@ class LabelDenoiser(nn.Module):
 
     ``h1 = softplus(BN(g1[t] W1 [y_t; f_q; f]))`` (``[y_t; f]`` without a prior), ``h = x_e * h1``,
     ``h2 = softplus(BN(g2[t] W2 h))``, ``h3 = softplus(BN(g3[t] W3 h2))``, output ``W4 h3`` (C values);
-    predicting y0 with a prior, the output is ``f_q + W4 h3`` with W4 starting at zero (a residual on
-    the prior classifier).
+    predicting y0 with a prior, the output is ``softmax(log f_q + W4 h3)`` with W4 starting at zero (a
+    residual on the prior classifier's logits).
 
     Parameters
     ----------
@@ -87,8 +87,10 @@ class LabelDenoiser(nn.Module):
         self.lin3 = ConditionalLinear(feature_dim, feature_dim, timesteps)
         self.norm3 = nn.BatchNorm1d(feature_dim)
         self.lin4 = nn.Linear(feature_dim, num_classes)
-        # predicting y0 with a prior, the output is f_q + W4 h3: a correction of the prior classifier,
-        # zero at the start, so the untrained denoiser already predicts f_q (not noise)
+        # predicting y0 with a prior, the output is softmax(log f_q + W4 h3): a correction of the prior
+        # classifier in logit space, zero at the start, so the untrained denoiser already predicts f_q;
+        # a softmax keeps the estimate on the simplex where one-hot labels live, so a small correction
+        # cannot scramble the order of many near-equal classes
         self.residual = prior and prediction == "y0"
         if self.residual:
             nn.init.zeros_(self.lin4.weight)
@@ -142,4 +144,6 @@ class LabelDenoiser(nn.Module):
         h = x_e * h
         h = F.softplus(self.norm2(self.lin2(h, t)))
         h = F.softplus(self.norm3(self.lin3(h, t)))
-        return self.lin4(h) + prior if self.residual else self.lin4(h)
+        if self.residual:
+            return torch.softmax(self.lin4(h) + torch.log(prior.clamp_min(1e-12)), dim=1)
+        return self.lin4(h)
