@@ -167,6 +167,38 @@ def child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ---- training ------------------------------------------------------------------------------------
+
+
+def lra_fit(folder: Path, out: Path, *, epochs: int, config: str, nproc: int = 1, extra: tuple = ()) -> dict:
+    """``lra fit`` on the memory-mapped features in a child process: wall time, its reported training
+    time, and the peak resident size of the largest child (ru_maxrss of RUSAGE_CHILDREN)."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = out.with_suffix(".toml")
+    cfg.write_text(config)
+    cmd = [sys.executable, "-m", "lra_diffusion.cli", "fit", "--features", str(folder / "features.npy"),
+           "--labels", str(folder / "labels.npy"), "--out", str(out), "--epochs", str(epochs), "--config", str(cfg),
+           "--mmap", "--quiet", "--nproc", str(nproc), *extra]
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(run.stderr[-3000:])
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": round(metrics["seconds"], 1),
+            "steps": metrics["steps"], "steps_per_s": round(metrics["steps"] / metrics["seconds"], 2),
+            "best_val_accuracy": metrics["best_val_accuracy"], "peak_rss_mb_children": round(peak_rss_mb(resource.RUSAGE_CHILDREN))}
+
+
+def test_accuracy(folder: Path, run: Path) -> float:
+    from lra_diffusion.estimator import LRAClassifier
+
+    est = LRAClassifier.load(run)
+    return float((est.predict(np.load(folder / "test_features.npy")) == np.load(folder / "test_labels.npy")).mean())
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 
@@ -195,6 +227,22 @@ def main() -> None:
         ground_truth(folder, a.queries, a.k)
     elif a.what == "retrieval-one":
         print(json.dumps(retrieval_one(folder, a.index[0], a.k, a.queries, overrides, a.sweep)))
+    elif a.what == "fit":  # a short fit on the whole memory-mapped set, IVF retrieval, peak memory
+        out = ROOT / "runs" / "scale" / f"fit-n{a.n}"
+        res = lra_fit(folder, out, epochs=a.epochs, config='[retrieval]\nindex = "ivf"\n')
+        record({"what": "fit", "n": a.n, "d": a.d, "epochs": a.epochs, **res, "test_accuracy": test_accuracy(folder, out)})
+    elif a.what == "throughput":  # training steps/s in 1 and 2 processes, same global batch, no retrieval
+        for nproc in (1, 2):
+            out = ROOT / "runs" / "scale" / f"throughput-n{a.n}-p{nproc}"
+            res = lra_fit(folder, out, epochs=a.epochs, config="[retrieval]\nk = 0\n", nproc=nproc)
+            record({"what": "throughput", "n": a.n, "nproc": nproc, "epochs": a.epochs, **res})
+    elif a.what == "accuracy":  # the same fit with exact and approximate neighbours
+        for name, cfg in [("exact", 'index = "exact"'), ("ivf", 'index = "ivf"'),
+                          ("ivf-nprobe4", 'index = "ivf"\nnprobe = 4'), ("hnsw", 'index = "hnsw"')]:
+            out = ROOT / "runs" / "scale" / f"accuracy-n{a.n}-{name}"
+            res = lra_fit(folder, out, epochs=a.epochs, config=f"[retrieval]\n{cfg}\n")
+            record({"what": "accuracy", "n": a.n, "index": name, "epochs": a.epochs, **res,
+                    "test_accuracy": test_accuracy(folder, out)})
     elif a.what == "retrieval":
         ground_truth(folder, a.queries, a.k)  # once, before the timed children
         extra = [f"--{key.replace('_', '-')}={v}" for key, v in overrides.items() if v is not None]

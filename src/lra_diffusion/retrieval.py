@@ -123,7 +123,8 @@ def knn_streaming(
     rows = as_rows(features)
     n, d = rows.shape
     kk = k + 1 if exclude_self else k
-    size = chunk_rows(d, block_bytes or features_mod.CHUNK_BYTES // 4)
+    # at most 4096 rows a block: the (rows x rows) distance block stays at 64 MB however narrow D is
+    size = min(4096, chunk_rows(d, block_bytes or features_mod.CHUNK_BYTES // 4))
     dev = device if device is not None else torch.device("cpu")
 
     def block(start: int) -> tuple[torch.Tensor, torch.Tensor]:
