@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/defaults.py --quick
     python benchmarks/defaults.py --seeds 0 1 2 --write      # results/defaults/*.json + BENCHMARKS.md
+    python benchmarks/defaults.py --write-only               # the table from results/defaults/*.json
 
 Never run as a unit test: the full suite takes hours on 2 CPU cores.
 """
@@ -237,8 +238,10 @@ def main() -> None:
     ap.add_argument("--no-issues", action="store_true", help="skip the label-issue scores")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "defaults")
     ap.add_argument("--write", action="store_true", help="write the BENCHMARKS.md table from --out")
+    ap.add_argument("--write-only", action="store_true", help="run nothing: only print and write the table")
     args = ap.parse_args()
-    rows = args.rows or (list(QUICK) if args.quick else list(ROWS))
+    rows = [] if args.write_only else args.rows or (list(QUICK) if args.quick else list(ROWS))
+    args.write |= args.write_only
     for row in rows:
         for seed in args.seeds:
             record = run_row(row, seed, issues=not args.no_issues)
@@ -246,7 +249,13 @@ def main() -> None:
     results = read_results(args.out)
     print(table(results))
     if args.write:
-        replace_section(ROOT / "BENCHMARKS.md", "defaults", table(results))
+        dates = sorted({r["date"] for r in results})
+        head = (f"## Defaults suite\n\n`LRAClassifier()` with no arguments against the baselines on the same features "
+                f"and noisy labels (benchmarks/defaults.py; medians over the seeds listed per row; dates "
+                f"{', '.join(dates)}; the 2-core machine's load is stated below the table). Command: "
+                f"`python benchmarks/defaults.py --rows ROW ... --seeds S ...` then `--write` (reads "
+                f"`results/defaults/*.json`).\n\n")
+        replace_section(ROOT / "BENCHMARKS.md", "defaults", head + table(results))
 
 
 if __name__ == "__main__":
