@@ -104,6 +104,13 @@ class FeatureRows:
         for start in range(0, len(self), size):
             yield start, self[start : start + size]
 
+    def subsample(self, seed: int, max_rows: int | None = None) -> np.ndarray:
+        """Sorted indices of a seeded uniform subsample of at most ``max_rows`` rows (default: one
+        chunk's worth, :func:`chunk_rows`), for fits that need their rows in memory."""
+        n = len(self)
+        m = min(n, max_rows or chunk_rows(self.shape[1]))
+        return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+
     def to_numpy(self) -> np.ndarray:
         """The whole float32 matrix in memory (only for arrays known to fit)."""
         return self[:]

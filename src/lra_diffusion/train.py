@@ -218,10 +218,16 @@ def train(
         model.set_feature_stats(*x_rows.mean_std())  # two chunked passes, float64 sums
     else:
         model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
-    if model.has_prior:  # the linear prior is fitted on the features in memory, even a mapped file's
-        fit_model_prior(model, x if x is not None else torch.from_numpy(x_rows.to_numpy()), y_np,
-                        val_features.to_numpy() if isinstance(val_features, FeatureRows) else val_features,
-                        val_labels, gen)
+    if model.has_prior:
+        if x is None:  # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
+            tr = x_rows.subsample(seed)
+            vx, vy = val_features, val_labels
+            if isinstance(vx, FeatureRows):
+                va = vx.subsample(seed)
+                vx, vy = vx[va], vy[va]
+            fit_model_prior(model, torch.from_numpy(x_rows[tr]), y_np[tr], vx, vy, gen)
+        else:
+            fit_model_prior(model, x, y_np, val_features, val_labels, gen)
     if x is not None:
         x = to_device(x, dev)
     model.to(dev)
