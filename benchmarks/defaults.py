@@ -223,7 +223,7 @@ def table(results: list[dict]) -> str:
 
         cells = [f"{base[m]:.4f}" for m in BASELINES]
         lines.append(
-            f"| {row} | {rs[0]['n_train']:,} / {rs[0]['classes']} / {rs[0]['dim']} | {len(rs)} | **{lra:.4f}** | "
+            f"| {row} | {rs[0]['n_train']:,} / {rs[0]['classes']} / {rs[0]['dim']} | {len(rs)} | {lra:.4f} | "
             + " | ".join(cells) + f" | {100 * (lra - best):+.2f} pt | "
             f"{_median([r['lra']['seconds'] for r in rs]):.0f} | {fa('lra')} | {fa('cleanlab')} |"
         )
