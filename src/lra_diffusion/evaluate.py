@@ -49,6 +49,8 @@ def predict_y0(
     alpha_bar = schedule_alpha_bar(config).float().to(dev)
     ts = ddim_timesteps(config.timesteps, config.ddim_steps, config.ddim_spacing)
     out = []
+    # wide features: fewer rows per batch, so one batch's (B, D) temporaries stay near 4 MB
+    batch_size = max(1, min(batch_size, max(64, (1 << 20) // max(1, x.shape[1]))))
     for xb in batches_to_device(x, batch_size, dev):
         shape = (len(xb), model.num_classes)
         y_T = (torch.randn(shape, generator=generator) if stochastic else torch.zeros(shape)).to(dev)
