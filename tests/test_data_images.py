@@ -51,6 +51,18 @@ def test_grayscale_and_rgba_become_rgb(tmp_path):
     assert tuple(decode_image(tmp_path / "a.png")[0, 0]) == (1, 2, 3)
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    # a 4 x 2 landscape photo stored with Orientation 6 (camera turned): shown as a 2 x 4 portrait
+    arr = np.zeros((2, 4, 3), dtype=np.uint8)
+    arr[0, 0, 0] = 255  # red; the stored top-left pixel ends at the top-right after a 90-degree clockwise turn
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "turned.png", exif=exif)
+    img = decode_image(tmp_path / "turned.png")
+    assert img.shape == (4, 2, 3)
+    assert tuple(img[0, 1]) == (255, 0, 0) and img.sum() == 255
+
+
 def test_subset_keeps_canonical_indices_and_with_labels_validates(tmp_path):
     paths = _write_images(tmp_path, 6)
     ds = ImageDataset(root=tmp_path, labels=[0, 1, 0, 1, 0, 1], classes=["a", "b"], paths=paths)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lra_diffusion.errors import InputError
 
@@ -49,7 +49,7 @@ def check_on_error(on_error: str) -> OnError:
 
 
 def decode_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> np.ndarray:
-    """Decode one image file (path or encoded bytes) into a uint8 RGB array.
+    """Decode one image file (path or encoded bytes) into a uint8 RGB array, upright (EXIF orientation applied).
 
     Parameters
     ----------
@@ -72,6 +72,8 @@ def decode_image(source: str | os.PathLike | bytes, *, name: str | None = None) 
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(fp) as im:
+            # phone photos are often stored sideways with an EXIF Orientation tag: decode them upright
+            ImageOps.exif_transpose(im, in_place=True)
             if im.mode != "RGB":
                 im = im.convert("RGB")
             else:
