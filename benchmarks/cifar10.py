@@ -24,6 +24,7 @@ if __name__ == "__main__":
     ap.add_argument("--results", type=Path, default=REPO / "results")
     ap.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--pca", type=int, default=512, help="PCA dimension of the features (0 = none)")
+    ap.add_argument("--l2", action="store_true", help="scale the (reduced) features to unit length")
     ap.add_argument("--ablations", action="store_true", help="run the ablation table instead of the main one")
     ap.add_argument("--variants", nargs="+", default=None,
                     help="retrained ablation variants (k0 k5 k20 k50 uniform no-ema frozen-x clean-k0; default all)")
@@ -36,4 +37,5 @@ if __name__ == "__main__":
         **CIFAR10_LRA_CONFIG, "train": {**CIFAR10_LRA_CONFIG["train"], "epochs": a.epochs}}
     cifar10_main(encoder=a.encoder, seeds=a.seeds, settings=a.settings, shared_root=a.shared,
                  cache_dir=a.cache, results_dir=a.results, markdown=a.markdown, pca=a.pca or None,
-                 ablations=a.ablations, variants=a.variants, table_only=a.table_only, config=config, jobs=a.jobs)
+                 ablations=a.ablations, variants=a.variants, table_only=a.table_only, config=config, jobs=a.jobs,
+                 l2=a.l2)

@@ -115,10 +115,8 @@ def cifar_row(encoder: str, setting: str) -> Callable[[int], Split]:
         root = SHARED / "cifar10"
         if encoder not in _CIFAR:
             train, test = cifar10_features(name, root, ROOT / "cache" / "features")
-            train, test = reduce_features(train, test, dim, seed=0)
-            if encoder == "effnet":  # the protocol: PCA 256, L2-normalised
-                train /= np.linalg.norm(train, axis=1, keepdims=True)
-                test /= np.linalg.norm(test, axis=1, keepdims=True)
+            # EfficientNet-Lite rows: the protocol, PCA 256 then L2-normalised
+            train, test = reduce_features(train, test, dim, seed=0, l2=encoder == "effnet")
             _CIFAR[encoder] = (train, test)
         train, test = _CIFAR[encoder]
         # every CIFAR row uses all 50,000 training images with a noisy 10% hold-out (no clean labels)

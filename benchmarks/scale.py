@@ -9,6 +9,7 @@ process's peak resident size (``ru_maxrss``), so the figures do not mix.
     python benchmarks/scale.py fit --n 1000000 --epochs 2      # lra fit on the memmap, peak memory
     python benchmarks/scale.py throughput --n 100000           # steps/s with 1 and 2 torchrun processes
     python benchmarks/scale.py accuracy --n 100000             # test accuracy, exact vs approximate
+    python benchmarks/scale.py fit-time --sizes 10000 50000 200000   # default fit time against N
 
 Results are appended as JSON lines to results/scale/results.jsonl; BENCHMARKS.md "Scale" quotes them.
 
@@ -170,9 +171,11 @@ def child(args: list[str]) -> dict:
 # ---- training ------------------------------------------------------------------------------------
 
 
-def lra_fit(folder: Path, out: Path, *, epochs: int, config: str, nproc: int = 1, extra: tuple = ()) -> dict:
-    """``lra fit`` on the memory-mapped features in a child process: wall time, its reported training
-    time, and the peak resident size of the largest child (ru_maxrss of RUSAGE_CHILDREN)."""
+def lra_fit(folder: Path, out: Path, *, epochs: int | None, config: str, nproc: int = 1, extra: tuple = (),
+            mmap: bool = True) -> dict:
+    """``lra fit`` on the features (memory-mapped unless ``mmap=False``) in a child process: wall time,
+    its reported training time, and the peak resident size of the largest child (ru_maxrss of
+    RUSAGE_CHILDREN). ``epochs=None``: the default training length."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -180,15 +183,16 @@ def lra_fit(folder: Path, out: Path, *, epochs: int, config: str, nproc: int = 1
     cfg = out.with_suffix(".toml")
     cfg.write_text(config)
     cmd = [sys.executable, "-m", "lra_diffusion.cli", "fit", "--features", str(folder / "features.npy"),
-           "--labels", str(folder / "labels.npy"), "--out", str(out), "--epochs", str(epochs), "--config", str(cfg),
-           "--mmap", "--quiet", "--nproc", str(nproc), *extra]
+           "--labels", str(folder / "labels.npy"), "--out", str(out), "--config", str(cfg),
+           "--quiet", "--nproc", str(nproc), *(["--epochs", str(epochs)] if epochs else []),
+           *(["--mmap"] if mmap else []), *extra]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(run.stderr[-3000:])
     metrics = json.loads((out / "metrics.json").read_text())
     return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": round(metrics["seconds"], 1),
-            "steps": metrics["steps"], "steps_per_s": round(metrics["steps"] / metrics["seconds"], 2),
+            "steps": metrics["steps"], "epochs_run": metrics["epochs"], "steps_per_s": round(metrics["steps"] / metrics["seconds"], 2),
             "best_val_accuracy": metrics["best_val_accuracy"], "peak_rss_mb_children": round(peak_rss_mb(resource.RUSAGE_CHILDREN))}
 
 
@@ -205,7 +209,7 @@ def test_accuracy(folder: Path, run: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["data", "retrieval", "retrieval-one", "ground-truth", "fit", "throughput",
-                                    "accuracy"])
+                                    "accuracy", "fit-time"])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--k", type=int, default=10)
@@ -218,8 +222,17 @@ def main() -> None:
                    "whose recall is also measured (after the timed run; builds the index again)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the generated data")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000], help="fit-time: the N")
     a = p.parse_args()
     overrides = {"nprobe": a.nprobe, "nlist": a.nlist, "ef_search": a.ef_search}
+    if a.what == "fit-time":  # `lra fit` with every default (in memory, no options), wall time against N
+        for n in a.sizes:
+            folder = make_dataset(n, a.d)
+            out = ROOT / "runs" / "scale" / f"fit-time-n{n}"
+            res = lra_fit(folder, out, epochs=None, config="", mmap=False)
+            record({"what": "fit-time", "n": n, "d": a.d, **res, "wall_s_per_1k_rows": round(res["wall_s"] / n * 1e3, 3),
+                    "test_accuracy": test_accuracy(folder, out)})
+        return
     folder = make_dataset(a.n, a.d)
     if a.what == "data":
         print(folder)

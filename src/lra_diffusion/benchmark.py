@@ -371,24 +371,28 @@ def cifar10_table(results: list[dict], encoder: str) -> str:
     return "\n".join(rows)
 
 
-def reduce_features(train: np.ndarray, test: np.ndarray, dim: int | None, *, seed: int = 0):
-    """PCA to ``dim`` components fitted on the (unlabelled) training features; identity when None."""
-    if dim is None or dim >= train.shape[1]:
-        return train, test
-    from sklearn.decomposition import PCA
+def reduce_features(train: np.ndarray, test: np.ndarray, dim: int | None, *, seed: int = 0, l2: bool = False):
+    """PCA to ``dim`` components fitted on the (unlabelled) training features; identity when None.
+    ``l2``: then scale every row to unit length (the EfficientNet-Lite rows' protocol)."""
+    if dim is not None and dim < train.shape[1]:
+        from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=dim, svd_solver="randomized", random_state=seed).fit(train)
-    return pca.transform(train).astype(np.float32), pca.transform(test).astype(np.float32)
+        pca = PCA(n_components=dim, svd_solver="randomized", random_state=seed).fit(train)
+        train, test = pca.transform(train).astype(np.float32), pca.transform(test).astype(np.float32)
+    if l2:
+        train, test = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (train, test))
+    return train, test
 
 
 def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_root: Path, cache_dir: Path,
                  results_dir: Path, markdown: Path, config: dict | None = None, pca: int | None = 512,
                  ablations: bool = False, variants: list[str] | None = None, table_only: bool = False,
-                 jobs: int = 1, verbose: bool = True) -> None:
+                 jobs: int = 1, verbose: bool = True, l2: bool = False) -> None:
     """Embed once, run every (setting, seed), write one JSON per run, regenerate the main table.
 
     ``pca``: the features every method sees are the encoder's, reduced by PCA to this many dimensions
-    (fitted on the unlabelled training images' features), so that a 2-core CPU can afford them.
+    (fitted on the unlabelled training images' features), so that a 2-core CPU can afford them;
+    ``l2``: rows scaled to unit length after it.
     ``jobs``: worker processes (one torch thread each) that run settings side by side.
     """
     from .errors import InputError
@@ -404,7 +408,7 @@ def cifar10_main(*, encoder: str, seeds: list[int], settings: list[str], shared_
         return
     start = time.perf_counter()
     features = cifar10_features(encoder, shared_root, cache_dir, progress=verbose)
-    features = reduce_features(*features, pca)
+    features = reduce_features(*features, pca, l2=l2)
     print(f"features: train {features[0].shape}, test {features[1].shape} "
           f"({time.perf_counter() - start:.0f} s incl. cache and PCA)", flush=True)
     config = config or CIFAR10_LRA_CONFIG
