@@ -294,7 +294,7 @@ def main() -> None:
             np.save(Path(args.cache_dir) / name / f"{split}.npy", np.asarray(f, dtype=np.float32))
         print(f"{name}: dim {enc.dim}, fit {t_fit:.0f} s, embed 60k {t_embed:.0f} s wall "
               f"({c_embed:.0f} s CPU), fingerprint {enc.fingerprint()}", flush=True)
-        feats[name] = (f_train, f_test)
+        feats[spec] = (f_train, f_test)
         rows.append({"encoder": spec, "dim": enc.dim, "fit_s": round(t_fit),
                      "embed_s": round(t_embed), "embed_cpu_s": round(c_embed),
                      "config": enc.config()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -23,9 +24,10 @@ PALACE, BELL_COTE, MONASTERY, DAISY = 698, 442, 663, 985
 
 @pytest.fixture(scope="module")
 def lite0():
-    """lite0 loaded from the installed wheel with sockets refusing to connect."""
+    """lite0 (float32: the tolerances below are float32's) loaded from the installed wheel with sockets
+    refusing to connect."""
     with NoNetwork() as guard:
-        enc = get_encoder("efficientnet-lite0", image_size=64)
+        enc = get_encoder("efficientnet-lite0", image_size=64, precision="float32")
     return enc, guard.attempts
 
 
@@ -84,12 +86,14 @@ def test_features_shapes_normalisation_and_determinism(lite0, images):
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(enc.encode(images, batch_size=2), feats)  # deterministic
     np.testing.assert_allclose(enc.encode(images, batch_size=5), feats, atol=1e-5)  # batching: rounding only
-    both = get_encoder("efficientnet-lite0", image_size=64, features="head+last", normalize=False)
+    both = get_encoder("efficientnet-lite0", image_size=64, precision="float32", features="head+last",
+                       normalize=False)
     raw = both.encode(images)
     assert raw.shape == (5, 1600) and both.dim == 1600
     np.testing.assert_allclose(raw[:, :1280] / np.linalg.norm(raw[:, :1280], axis=1, keepdims=True), feats,
                                atol=1e-5)
-    cl = get_encoder("efficientnet-lite0", image_size=64, channels_last=False).encode(images)  # NCHW
+    cl = get_encoder("efficientnet-lite0", image_size=64, precision="float32", channels_last=False)  # NCHW
+    cl = cl.encode(images)
     np.testing.assert_allclose(cl, feats, atol=1e-5)
 
 
@@ -109,11 +113,39 @@ def test_cache_key_includes_model_and_resolution_not_runtime_options(lite0, imag
     def key(e):
         return cache_key(e, images, split="train", transform="none", dtype="float32")["key"]
 
-    same = get_encoder("efficientnet-lite0", image_size=64, batch_size=3, channels_last=False, num_threads=1)
+    same = get_encoder("efficientnet-lite0", image_size=64, batch_size=3, channels_last=False, num_threads=1,
+                       precision="float32")
     assert key(same) == key(enc)
     assert key(get_encoder("efficientnet-lite0", image_size=96)) != key(enc)
     assert key(get_encoder("efficientnet-lite1", image_size=64)) != key(enc)
     assert key(get_encoder("efficientnet-lite0", image_size=64, normalize=False)) != key(enc)
+    assert key(get_encoder("efficientnet-lite0", image_size=64, precision="bfloat16")) != key(enc)
+
+
+def test_bfloat16_precision_stays_close_to_float32(lite0):
+    from sklearn.datasets import load_sample_image
+
+    enc, _ = lite0
+    photos = np.stack([load_sample_image("china.jpg"), load_sample_image("flower.jpg")])  # both 427 x 640
+    half = get_encoder("efficientnet-lite0", image_size=64, precision="bfloat16")
+    f32, f16 = enc.encode(photos), half.encode(photos)
+    assert f16.dtype == np.float32 and f16.shape == f32.shape
+    assert (f32 * f16).sum(1).min() > 0.95  # unit vectors: cosine; bfloat16 keeps about 3 digits
+    with pytest.raises(InputError, match="precision"):
+        get_encoder("efficientnet-lite0", precision="float16")
+
+
+def test_auto_precision_follows_the_cpu_and_saved_encoders_keep_theirs(tmp_path, images):
+    auto = get_encoder("efficientnet-lite0", image_size=64)
+    assert auto.precision == ("bfloat16" if eff.native_bfloat16("cpu") else "float32")
+    f32 = get_encoder("efficientnet-lite0", image_size=64, precision="float32")
+    loaded = load_encoder(f32.save(tmp_path / "f32"))
+    assert loaded.precision == "float32" and loaded.fingerprint() == f32.fingerprint()
+    # an encoder.json written before the option (no "precision") loads as the float32 it computed
+    meta = json.loads((tmp_path / "f32" / "encoder.json").read_text())
+    del meta["config"]["precision"]
+    (tmp_path / "f32" / "encoder.json").write_text(json.dumps(meta))
+    assert load_encoder(tmp_path / "f32").precision == "float32"
 
 
 def test_save_and_load_round_trip(lite0, images, tmp_path):

@@ -257,14 +257,17 @@ PAPER_CIFAR10 = {"pmd-0.35": 96.54}
 CIFAR10_LRA_CONFIG = {"train": {"epochs": 30, "batch_size": 256}, "retrieval": {"k": 10}}
 
 
-def cifar10_features(encoder_name: str, shared_root: Path, cache_dir: Path, *, progress: bool = True):
-    """(train (50000, D), test (10000, D)) features of the shared CIFAR-10, through the feature cache."""
+def cifar10_features(encoder_name: str, shared_root: Path, cache_dir: Path, *, progress: bool = True,
+                     options: dict | None = None):
+    """(train (50000, D), test (10000, D)) features of the shared CIFAR-10, through the feature cache;
+    ``options``: the encoder's keyword options."""
     from .data import load_shared_cifar10
     from .encoders import embed, fit_cached, get_encoder
 
     train_images, _ = load_shared_cifar10(shared_root, "train")
     test_images, _ = load_shared_cifar10(shared_root, "test")
-    encoder = fit_cached(get_encoder(encoder_name), train_images, cache_dir=cache_dir, progress=progress)
+    encoder = fit_cached(get_encoder(encoder_name, **(options or {})), train_images, cache_dir=cache_dir,
+                         progress=progress)
     kw = {"cache_dir": cache_dir, "dataset": "shared-cifar10", "progress": progress}
     return (np.asarray(embed(encoder, train_images, split="train", **kw), dtype=np.float32),
             np.asarray(embed(encoder, test_images, split="test", **kw), dtype=np.float32))
