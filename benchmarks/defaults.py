@@ -182,7 +182,8 @@ def run_row(row: str, seed: int, *, issues: bool, lra_kwargs: dict | None = None
     est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
     lra = {"test_accuracy": float(est.score(split.X_test, split.y_test)), "seconds": time.perf_counter() - start,
            "epochs": est.fit_info_["epochs"], "steps": est.fit_info_["steps"],
-           "best_val_accuracy": est.fit_info_["best_val_accuracy"], "k": est.config_.retrieval.k}
+           "best_val_accuracy": est.fit_info_["best_val_accuracy"], "best_epoch": est.fit_info_["best_epoch"],
+           "k": est.config_.retrieval.k}
     print(f"[{row} seed {seed}] LRA-diffusion {lra['test_accuracy']:.4f} ({lra['seconds']:.0f} s, "
           f"{lra['epochs']} epochs, k={lra['k']})", flush=True)
     baselines = run_baselines(split, seed=seed, methods=BASELINES)

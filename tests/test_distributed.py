@@ -54,7 +54,9 @@ def ddp_run(tmp_path_factory):
                               model={"feature_dim": 64}, retrieval={"k": 5})
     (out / "config.json").write_text(json.dumps(config.to_dict()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), str(out)]
-    subprocess.run(cmd, check=True, env=ENV, timeout=600, capture_output=True)
+    run = subprocess.run(cmd, env=ENV, timeout=600, capture_output=True, text=True)
+    if run.returncode:  # show why: torchrun's own exception names only the exit status
+        pytest.fail(f"torchrun exited with {run.returncode}:\n{run.stderr[-4000:]}")
     one = train(X, y, num_classes=4, config=config, seed=0, progress=False)
     acc_one = float((readout(predict_y0(one.model, Xt, config.diffusion)).numpy() == yt).mean())
     return out, json.loads((out / "result.json").read_text()), acc_one, len(X)
