@@ -51,8 +51,11 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 def native_bfloat16(device: str) -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16); CUDA devices: not tried here."""
-    return torch.device(device).type == "cpu" and bool(
-        torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    if torch.device(device).type != "cpu":
+        return False
+    # torch's own CPU-feature probes (private: absent in a future torch means "no", i.e. float32)
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 @dataclass(frozen=True)
