@@ -16,6 +16,7 @@ denoiser's own limit against the cross-entropy heads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -26,20 +27,15 @@ from sklearn.neighbors import KNeighborsClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import defaults  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 from lra_diffusion.benchmark import Split, fit_linear, fit_mlp  # noqa: E402
 from lra_diffusion.estimator import LRAClassifier  # noqa: E402
 
 
 def clean_split(split: Split, seed: int) -> Split:
     """The training rows with their clean labels, 10% of them (seeded) held out with clean labels."""
-    perm = np.random.default_rng(seed + 2000).permutation(len(split.y_train))
-    n_val = int(round(defaults.HOLDOUT * len(perm)))
-    val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     y = split.y_train_clean
-    return Split(split.X_train[tr], y[tr], y[tr], split.X_train[val], y[val], split.X_test, split.y_test,
-                 val_is_clean=True)
+    held = defaults.holdout_split(split.X_train, y, y, split.X_test, split.y_test, seed + 1000)
+    return dataclasses.replace(held, val_is_clean=True)
 
 
 def main() -> None:
