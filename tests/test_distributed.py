@@ -100,3 +100,37 @@ def test_lra_fit_nproc_writes_one_run(tmp_path):
     assert out.stdout.count("run written to") == 1  # rank 0 only
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert len(list((tmp_path / "run" / "checkpoints").glob("ckpt-*.safetensors"))) >= 1
+
+
+def test_embed_in_two_processes_equals_one_process(tmp_path):
+    """`lra embed --nproc 2`: rank 0 fits the (k-means) encoder, the ranks share the chunks of one cache
+    entry, and the features are those of a 1-process run, bit for bit (same thread count)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.integers(0, 256, (40, 10, 10, 3), dtype=np.uint8))
+    kmeans = ["-o", "n_centroids=8", "-o", "n_patches=800", "-o", "kmeans_iters=2", "-o", "n_stats=20"]
+    feats = {}
+    for nproc in (1, 2):
+        cache, out = tmp_path / f"cache{nproc}", tmp_path / f"x{nproc}.npy"
+        cmd = [sys.executable, "-m", "lra_diffusion.cli", "embed", "--encoder", "kmeans", *kmeans, "--dataset",
+               "npy", "--root", str(tmp_path), "--cache-dir", str(cache), "--out", str(out), "--quiet",
+               "--chunk-size", "7", "--nproc", str(nproc)]
+        run = subprocess.run(cmd, env=ENV, timeout=300, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.count("features 40 x") == 1  # rank 0 alone reports
+        (manifest,) = cache.glob("kmeans/npy-train-*/manifest.json")
+        assert json.loads(manifest.read_text())["processes"] == nproc
+        assert not list(cache.glob("kmeans/*/features.partial.npy"))
+        feats[nproc] = np.load(out)
+    assert feats[1].shape == (40, feats[1].shape[1])
+    np.testing.assert_array_equal(feats[1], feats[2])
+
+
+def test_each_rank_takes_its_own_gpu():
+    import torch
+
+    from lra_diffusion.distributed import Context, rank_device
+
+    job = Context(rank=3, world=4, local_rank=1)
+    assert rank_device(torch.device("cuda", 0), job) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cpu"), job) == torch.device("cpu")
+    assert rank_device(torch.device("cuda", 0), Context()) == torch.device("cuda", 0)

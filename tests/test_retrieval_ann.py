@@ -122,3 +122,45 @@ def test_streaming_exact_equals_in_memory_exact(tmp_path, exclude_self, metric):
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(knn(mapped, 6, index="exact", metric=metric, exclude_self=exclude_self)[0], ref_idx)
+
+
+def test_cell_blocks_search_a_superset_of_each_rows_probes():
+    """The dense per-cell search (flat store) compares each row with every row of the cells its cell's
+    rows probe: never farther neighbours than faiss's own scan of the row's nprobe cells, and the
+    same result however the blocks are split."""
+    from lra_diffusion.retrieval import _build_ivf_self, _search_cells, _search_ivf_self
+
+    X = clustered(3000)
+    flat = AnnParams(index="ivf", nlist=64, nprobe=3, train_size=3000)
+    _, (cells, cell_dist) = _build_ivf_self(X, flat, metric="euclidean", progress=False)
+    ours, ours_d = _search_cells(X, 9, cells, metric="euclidean", progress=False)
+    small, small_d = _search_cells(X, 9, cells, metric="euclidean", progress=False, block_floats=5000)
+    np.testing.assert_array_equal(ours, small)
+    index, coarse = _build_ivf_self(X, flat.__class__(**{**flat.__dict__, "store": "sq8"}), metric="euclidean",
+                                    progress=False)
+    import faiss  # noqa: F401  (imported by the call above)
+
+    scan = faiss.IndexIVFFlat(index.quantizer, X.shape[1], index.nlist)
+    first = np.ascontiguousarray(cells[:, 0])  # a named array: swig_ptr does not keep it alive
+    scan.add_core(len(X), faiss.swig_ptr(X), None, faiss.swig_ptr(first))
+    scan.nprobe = 3
+    theirs_d, _ = scan.search_preassigned(X, 9, cells, cell_dist)
+    assert (ours_d[:, -1] <= theirs_d[:, -1] * (1 + 1e-4) + 1e-4).all()
+    exact, _ = knn(X, 8, index="exact")
+    assert recall_at_k(knn_ann(X, 8, flat)[0], exact) >= 0.9
+
+
+def test_faiss_import_picks_the_openblas_kernels_and_leaves_the_environment(tmp_path):
+    """OPENBLAS_CORETYPE set by the user is kept; otherwise it is set only for faiss's import."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom lra_diffusion.retrieval import import_faiss\nimport_faiss()\n"
+            "print(os.environ.get('OPENBLAS_CORETYPE'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_CORETYPE": "Haswell"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Haswell"

@@ -354,22 +354,36 @@ def embed(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:I.")] = "cpu",
     float16: Annotated[bool, typer.Option(help="Store the features as float16.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows written (and resumable) at a time; the unit of "
+                                                         "work each process takes.")] = 4096,
+    nproc: Annotated[int, typer.Option(min=1, help="Embed in N processes (torchrun --nproc-per-node N), each "
+                                                    "writing its share of the chunks into the one cache.")] = 1,
 ) -> None:
-    """Embed a dataset split once (cached by data, encoder weights, split and dtype) and write .npy."""
+    """Embed a dataset split once (cached by data, encoder weights, split and dtype) and write .npy.
+
+    Under ``torchrun`` (or with ``--nproc``) the ranks split the images chunk by chunk (docs/scale.md)."""
+    from . import distributed
     from .device import resolve_device
     from .encoders.commands import embed_dataset, parse_options
 
-    device = str(resolve_device(device))  # "auto" becomes what it means here; a missing GPU fails now
+    if nproc > 1:
+        raise typer.Exit(subprocess.call(distributed.torchrun_argv(nproc, sys.argv[1:])))
+    dev = resolve_device(device)  # "auto" becomes what it means here; a missing GPU fails now
+    ctx = distributed.init(dev)
+    device = str(distributed.rank_device(dev, ctx))  # cuda: one GPU per rank
     check_writable(out)
     options = parse_options(option)
     if encoder != "precomputed":
         options.setdefault("device", device)
     res = embed_dataset(encoder, dataset=dataset, root=root, split=split, cache_dir=cache_dir,
                         out=out, encoder_dir=encoder_dir, options=options, fit_split=fit_split,
-                        dtype="float16" if float16 else "float32", progress=not quiet)
+                        dtype="float16" if float16 else "float32", progress=not quiet, chunk_size=chunk_size)
     n, d = res.features.shape
-    typer.echo(f"{encoder} features {n} x {d} ({res.features.dtype}) -> {out} "
-               f"[{res.seconds:.1f} s, encoder {res.encoder.fingerprint()}]")
+    if ctx.is_main:
+        ranks = f", {ctx.world} processes" if ctx.active else ""
+        typer.echo(f"{encoder} features {n} x {d} ({res.features.dtype}) -> {out} "
+                   f"[{res.seconds:.1f} s{ranks}, encoder {res.encoder.fingerprint()}]")
+    distributed.shutdown()
 
 
 pretrain_app = typer.Typer(help="Train an encoder without labels.", no_args_is_help=True)

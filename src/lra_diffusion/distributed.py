@@ -75,6 +75,14 @@ def context() -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def rank_device(device: torch.device, ctx: Context) -> torch.device:
+    """The device of this rank: in a torchrun job a CUDA device becomes ``cuda:LOCAL_RANK`` (one GPU per
+    process, the layout NCCL needs); the CPU, and any device of a 1-process run, are kept."""
+    if ctx.active and device.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
 def shard_bounds(size: int, world: int, rank: int) -> slice:
     """Rank ``rank``'s contiguous part of ``size`` items split as evenly as possible into ``world``."""
     return slice(rank * size // world, (rank + 1) * size // world)

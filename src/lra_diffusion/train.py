@@ -177,6 +177,7 @@ def train(
     tc, rc, dc, rt = config.train, config.retrieval, config.diffusion, config.runtime
     dev = resolve_device(rt.device)
     ctx = distributed.init(dev)  # one process unless launched by torchrun (docs/scale.md)
+    dev = distributed.rank_device(dev, ctx)
     mapped = is_mapped(features)  # a memory-mapped file stays on disk: read in chunks and batches
     features = features if mapped else np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)

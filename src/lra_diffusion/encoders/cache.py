@@ -36,6 +36,7 @@ from lra_diffusion.encoders.base import (
     num_images,
     progress_bar,
 )
+from lra_diffusion import distributed
 from lra_diffusion.errors import InputError
 
 FEATURES_FILE = "features.npy"
@@ -146,6 +147,13 @@ def embed(
         Storage type; ``"float16"`` halves disk and memory, the returned array has that dtype.
     chunk_size
         Rows written (and made resumable) at a time.
+
+    In a ``torchrun`` job (a process group initialised, :mod:`lra_diffusion.distributed`) every rank calls
+    this with the same arguments: the chunks are dealt out in rounds of ``world`` chunks, rank r computing
+    chunk r of each round into the same partial file, and rank 0 records each finished round in the
+    manifest and moves the file into place. Each chunk starts a new batch, so the features are those of a
+    1-process run (bit for bit where the encoder is deterministic), and a resumed job may use another
+    number of processes.
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
@@ -163,34 +171,57 @@ def embed(
         if m.get("complete") and m.get("key") == parts["key"] and (other / FEATURES_FILE).is_file():
             return np.load(other / FEATURES_FILE, mmap_mode="r")
 
-    n, dim = parts["n"], parts["dim"]
+    ctx = distributed.context()
     partial = folder / PARTIAL_FILE
-    done = 0
-    if partial.is_file() and manifest.get("key") == parts["key"]:
-        out = np.load(partial, mmap_mode="r+")
-        if out.shape == (n, dim) and out.dtype == np.dtype(dtype):
-            done = int(manifest.get("done", 0))
-        else:
-            del out
-            done = 0
-    if done == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, dim))
-    bar = progress_bar(n, progress, f"embed {encoder.name} {split}", initial=done)
+    if ctx.is_main:  # rank 0 creates (or reopens) the partial file; the others open it after the barrier
+        _open_partial(folder, parts, dtype)
+    distributed.barrier(ctx)
+    done = int(_read_manifest(folder)["done"])
+    out = np.load(partial, mmap_mode="r+")
+    n = parts["n"]
+    bar = progress_bar(n, progress and ctx.is_main, f"embed {encoder.name} {split}", initial=done)
     try:
-        _write_manifest(folder, {**parts, "done": done, "complete": False})
         while done < n:
-            hi = min(done + chunk_size, n)
-            out[done:hi] = encoder.encode_slice(images, done, hi, batch_size=batch_size, bar=bar)
-            out.flush()  # rows reach the disk before the manifest says they are done
-            done = hi
-            _write_manifest(folder, {**parts, "done": done, "complete": False})
+            # a round of `world` chunks from `done`: chunk r of the round is rank r's (one chunk in one process)
+            lo = min(done + ctx.rank * chunk_size, n)
+            hi = min(lo + chunk_size, n)
+            if lo < hi:
+                out[lo:hi] = encoder.encode_slice(images, lo, hi, batch_size=batch_size,
+                                                  bar=bar if ctx.is_main else None)
+                out.flush()  # rows reach the disk before the manifest says they are done
+            round_end = min(done + ctx.world * chunk_size, n)
+            distributed.barrier(ctx)
+            if ctx.is_main:
+                bar.update(round_end - done - (hi - lo))  # the other ranks' rows
+                _write_manifest(folder, {**parts, "done": round_end, "complete": False})
+            done = round_end
     finally:
         bar.close()
     del out
-    os.replace(partial, final)
-    _write_manifest(folder, {**parts, "done": n, "complete": True, "config": encoder.config()})
+    if ctx.is_main:
+        os.replace(partial, final)
+        _write_manifest(folder, {**parts, "done": n, "complete": True, "config": encoder.config(),
+                                 "processes": ctx.world})
+    distributed.barrier(ctx)
     return np.load(final, mmap_mode="r")
+
+
+def _open_partial(folder: Path, parts: dict[str, Any], dtype: str) -> None:
+    """Keep the partial features file of ``parts`` (its rows done: the manifest's count) or create it
+    (none done); the manifest then says how many rows are done."""
+    n, dim = parts["n"], parts["dim"]
+    partial = folder / PARTIAL_FILE
+    manifest = _read_manifest(folder)
+    done = 0
+    if partial.is_file() and manifest.get("key") == parts["key"]:
+        out = np.load(partial, mmap_mode="r")
+        if out.shape == (n, dim) and out.dtype == np.dtype(dtype):
+            done = int(manifest.get("done", 0))
+        del out
+    if done == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, dim)).flush()
+    _write_manifest(folder, {**parts, "done": done, "complete": False})
 
 
 def fit_cached(

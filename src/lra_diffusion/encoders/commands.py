@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lra_diffusion import distributed
 from lra_diffusion.encoders.base import Encoder, ImageSource, num_images
 from lra_diffusion.encoders.cache import embed, export_features, fit_cached
 from lra_diffusion.errors import InputError
@@ -91,6 +92,7 @@ def embed_dataset(
     fit_split: str = "train",
     dtype: str = "float32",
     progress: bool = True,
+    chunk_size: int = 4096,
 ) -> EmbedResult:
     """Fit (once, cached) or load an encoder, embed one split through the cache, export to ``out``.
 
@@ -108,12 +110,17 @@ def embed_dataset(
     else:
         encoder = get_encoder(encoder_name, **options)
     images = _decoded(open_images(dataset, root, split))
+    ctx = distributed.context()
     if encoder.needs_fit and not encoder.is_fitted:
         fit_images = images if fit_split == split else _decoded(open_images(dataset, root, fit_split))
-        encoder = fit_cached(encoder, fit_images, cache_dir=cache_dir, progress=progress)
+        if ctx.is_main:  # in a torchrun job rank 0 fits and saves; the others then load what it saved
+            encoder = fit_cached(encoder, fit_images, cache_dir=cache_dir, progress=progress)
+        distributed.barrier(ctx)
+        if not ctx.is_main:
+            encoder = fit_cached(encoder, fit_images, cache_dir=cache_dir)
     feats = embed(encoder, images, cache_dir=cache_dir, split=split, dataset=dataset,
-                  dtype=dtype, progress=progress)  # type: ignore[arg-type]
-    written = None if out is None else export_features(feats, out)
+                  dtype=dtype, progress=progress, chunk_size=chunk_size)  # type: ignore[arg-type]
+    written = None if out is None or not ctx.is_main else export_features(feats, out)
     return EmbedResult(feats, encoder, time.perf_counter() - t0, written)
 
 
