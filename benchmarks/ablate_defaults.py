@@ -1,6 +1,6 @@
 """Ablation rows for the defaults: LRA-diffusion variants on one row of the defaults suite.
 
-    python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean]
+    python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean] [--fit-seed S]
 
 ROW is a row of ``benchmarks/defaults.py`` (same features, noisy labels, 10% noisy hold-out and clean
 test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test accuracies, then per
@@ -12,6 +12,9 @@ A variant is a nested dict of config sections (``{}`` = the package defaults), e
 row's training rows and selects (L2, MLP epoch, denoiser epoch) on the clean labels of the other 10%
 (seeded); the MLP is printed as well, e.g. ``'{"k0": {"retrieval": {"k": 0}}}' --clean`` for the
 denoiser's own limit against the cross-entropy heads.
+
+``--fit-seed S``: LRA-diffusion's own seed (its draws, initialisation, batches; default SEED) while the row's
+split stays that of SEED, to measure run-to-run variation on fixed data.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def clean_split(split: Split, seed: int) -> Split:
 def main() -> None:
     row, seed, variants = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     clean = "--clean" in sys.argv[4:]
+    fit_seed = int(sys.argv[sys.argv.index("--fit-seed") + 1]) if "--fit-seed" in sys.argv else seed
     split = defaults.ROWS[row](seed)
     split = clean_split(split, seed) if clean else split
     start = time.perf_counter()
@@ -48,11 +52,12 @@ def main() -> None:
     knn = KNeighborsClassifier(10).fit(split.X_train, split.y_train).score(split.X_test, split.y_test)
     mlp = (f" mlp {(fit_mlp(split, split.y_train, seed=seed)[0](split.X_test) == split.y_test).mean():.4f}"
            if clean else "")
-    print(f"{row} s{seed}{' clean labels' if clean else ''} N={len(split.y_train)} D={split.X_train.shape[1]} "
+    which = f"{row} s{seed}{f' fit seed {fit_seed}' if fit_seed != seed else ''}{' clean labels' if clean else ''}"
+    print(f"{which} N={len(split.y_train)} D={split.X_train.shape[1]} "
           f"linear {linear:.4f} ({time.perf_counter() - start:.0f}s) knn {knn:.4f}{mlp}", flush=True)
     for name, config in variants.items():
         start = time.perf_counter()
-        est = LRAClassifier(config=config, random_state=seed)
+        est = LRAClassifier(config=config, random_state=fit_seed)
         est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
         info = est.fit_info_
         print(f"  {name:30s} {est.score(split.X_test, split.y_test):.4f}  val {info['best_val_accuracy']:.4f} "

@@ -185,9 +185,10 @@ def compare(specs: list[str], subset: tuple[int, int], root: str, out_dir: Path)
     rows = []
     for spec in specs:
         model, _, size = spec.partition("@")
-        path = out_dir / f"{model}-{size}-{n_tr}-{n_te}.npy"
         enc = get_encoder(model, image_size=int(size), features="head+last", normalize=False,
                           channels_last=True)
+        tag = "" if enc.precision == "float32" else f"-{enc.precision}"  # float32 names as before the option
+        path = out_dir / f"{model}-{size}-{n_tr}-{n_te}{tag}.npy"
         wall = cpu = float("nan")
         if path.is_file():
             feats = np.load(path)
@@ -204,7 +205,7 @@ def compare(specs: list[str], subset: tuple[int, int], root: str, out_dir: Path)
                 knn = knn_accuracy(g[:n_tr], y_tr, g[n_tr:], y_te, k=10)
                 probe = linear_probe(g[:n_tr], y_tr, g[n_tr:], y_te, val_start=int(0.9 * n_tr),
                                      l2_grid=(1e-3, 3e-3, 1e-2, 3e-2))
-                row = {"model": model, "size": int(size), "features": variant, "normalize": norm,
+                row = {"model": model, "size": int(size), "precision": enc.precision, "features": variant, "normalize": norm,
                        "dim": g.shape[1], "knn10": knn, "probe": probe["test"], "probe_l2": probe["l2"],
                        "img_per_s_wall": len(images) / wall, "img_per_cpu_s": len(images) / cpu}
                 rows.append(row)

@@ -9,7 +9,7 @@
                --test-images TREE/test --config configs/cifar10-benchmark.toml \\
                --holdout 5000 --seed 0 --out runs/cifar10n-worse
 
-   with the default encoder (EfficientNet-Lite0; ``--encoder kmeans`` for the earlier k-means journey);
+   with the default encoder (EfficientNet-Lite2; ``--encoder kmeans`` for the earlier k-means journey);
 
 3. the benchmark path: ``cifar10_features`` (the shared copy decoded in memory), ``cifar10_split("c10n-worse")``
    and the ``LRAClassifier`` fit of ``run_lra``, then ``find_label_issues`` with the run's settings on all
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="default runs/cifar10n-worse[-<encoder>][-pca<P>]")
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "features")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--encoder", default=None, help="default: lra run's default (efficientnet-lite0)")
+    ap.add_argument("--encoder", default=None, help="default: lra run's default (efficientnet-lite2)")
     ap.add_argument("--pca", type=int, default=None, help="PCA dims (the benchmark table uses 512)")
     ap.add_argument("--result", type=Path, default=None,
                     help="default results/pipeline/cifar10n-worse[-<encoder>][-pca<P>]-seed<S>.json "

@@ -10,6 +10,7 @@ process's peak resident size (``ru_maxrss``), so the figures do not mix.
     python benchmarks/scale.py throughput --n 100000           # steps/s with 1 and 2 torchrun processes
     python benchmarks/scale.py accuracy --n 100000             # test accuracy, exact vs approximate
     python benchmarks/scale.py fit-time --sizes 10000 50000 200000   # default fit time against N
+    python benchmarks/scale.py row-recall --row c10-effnet-worse      # recall@10 on a defaults-suite row
 
 Results are appended as JSON lines to results/scale/results.jsonl; BENCHMARKS.md "Scale" quotes them.
 
@@ -209,7 +210,7 @@ def test_accuracy(folder: Path, run: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["data", "retrieval", "retrieval-one", "ground-truth", "fit", "throughput",
-                                    "accuracy", "fit-time"])
+                                    "accuracy", "fit-time", "row-recall"])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--k", type=int, default=10)
@@ -223,7 +224,23 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the generated data")
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000], help="fit-time: the N")
+    p.add_argument("--row", default="c10-effnet-worse", help="row-recall: a row of benchmarks/defaults.py")
     a = p.parse_args()
+    if a.what == "row-recall":  # the training features of a defaults-suite row (seed 0): approximate vs exact
+        from lra_diffusion.retrieval import ann_params, knn, recall_at_k
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import defaults
+
+        x = defaults.ROWS[a.row](0).X_train
+        exact, _ = knn(x, a.k, index="exact")
+        for index in ("ivf", "hnsw"):
+            t0 = time.perf_counter()
+            found, _ = knn(x, a.k, index=index)
+            record({"what": "row-recall", "row": a.row, "n": len(x), "d": x.shape[1], "index": index,
+                    "params": ann_params(len(x), index, dim=x.shape[1]).__dict__, "seconds": round(time.perf_counter() - t0, 1),
+                    "recall_at_k": round(recall_at_k(found, exact), 4)})
+        return
     overrides = {"nprobe": a.nprobe, "nlist": a.nlist, "ef_search": a.ef_search}
     if a.what == "fit-time":  # `lra fit` with every default (in memory, no options), wall time against N
         for n in a.sizes:

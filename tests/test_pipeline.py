@@ -440,9 +440,9 @@ def test_run_defaults_to_efficientnet_and_takes_photos_of_mixed_sizes(tmp_path):
     res = lra("run", "--images", tmp_path / "train", "--test-images", tmp_path / "test", "--out", tmp_path / "run",
               "--config", tmp_path / "tiny.toml", "--cache-dir", tmp_path / "cache", "--quiet")
     assert res.exit_code == 0, res.output
-    assert "efficientnet-lite0 features (1280-d)" in res.stdout
+    assert "efficientnet-lite2 features (1280-d)" in res.stdout
     info = json.loads((tmp_path / "run" / "config.json").read_text())["pipeline"]["encoder"]
-    assert info["name"] == "efficientnet-lite0" and info["image_size"] == 160  # resized once, at decode
+    assert info["name"] == "efficientnet-lite2" and info["image_size"] == 160  # resized once, at decode
     res = lra("predict", "--model", tmp_path / "run", "--images", tmp_path / "test", "--out", tmp_path / "p.csv",
               "--quiet")
     assert res.exit_code == 0 and "classified 6 images" in res.stdout, res.output

@@ -240,9 +240,9 @@ def run_images(
     images: Annotated[str, typer.Option(help="Training images: an ImageFolder tree DIR/<class>/<image>, a list "
                                              "file ('relative/path label' rows), or cifar10[:split] with --root.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
-    encoder: Annotated[str, typer.Option(help="efficientnet-lite0 (ImageNet, installed with the package) | "
-                                              "efficientnet-lite1 | efficientnet-lite2 | pixels | kmeans | simclr "
-                                              "| clip | dinov2.")] = "efficientnet-lite0",
+    encoder: Annotated[str, typer.Option(help="efficientnet-lite2 (ImageNet, installed with the package) | "
+                                              "efficientnet-lite0 | efficientnet-lite1 | pixels | kmeans | simclr "
+                                              "| clip | dinov2.")] = "efficientnet-lite2",
     labels: Annotated[Optional[Path], typer.Option(help="Labels you do not fully trust: a list file naming the "
                                                         "images ('path label', labels are class ids or names), or a "
                                                         "label file aligned with the images (.npy, index CSV).")] = None,

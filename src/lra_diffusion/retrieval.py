@@ -32,8 +32,9 @@ Metric = Literal["euclidean", "cosine"]
 IndexKind = Literal["exact", "ivf", "hnsw", "auto"]
 INDEXES = ("auto", "exact", "hnsw", "ivf")
 STORES = ("auto", "flat", "sq8")
-# `auto` switches to IVF above this many samples: exact search costs N^2 D (45k CIFAR rows: ~25 s on
-# 2 cores; 200k: 516 s), IVF about N * (nlist + nprobe * N / nlist) * D (see BENCHMARKS.md "Scale").
+# `auto` switches to IVF above this many samples: exact search costs N^2 D (about 147 GFLOP/s on 2 cores
+# with faiss's AVX-512 kernels: 100k x 512 in ~70 s), IVF about N * (nlist + probed rows) * D (1M x 512:
+# 210 s; see BENCHMARKS.md "Scale").
 AUTO_EXACT_MAX = 100_000
 # `store = "auto"`: IVF keeps float32 vectors (4 N D bytes) up to this size, 8-bit codes (N D) above
 AUTO_FLAT_MAX_BYTES = 4 * 2**30

@@ -4,7 +4,7 @@
 >>> feats = embed(enc, train_images, cache_dir="cache/features", split="train")  # doctest: +SKIP
 
 Encoders (``ENCODERS``): ``efficientnet-lite0`` / ``-lite1`` / ``-lite2`` (ImageNet weights that install
-with the package; lite0 is the default image encoder of ``lra run``), ``pixels``, ``kmeans``, ``simclr``, ``simclr-cifar10`` (our shipped SimCLR
+with the package; lite2 is the default image encoder of ``lra run``), ``pixels``, ``kmeans``, ``simclr``, ``simclr-cifar10`` (our shipped SimCLR
 weights), ``clip``, ``dinov2``, ``precomputed``; for text (the ``text`` extra): ``minilm``,
 ``sentence-transformer``.
 """

@@ -21,7 +21,8 @@ For speed on CPU every batch-norm is folded into the convolution before it once 
 runs under ``torch.inference_mode`` in batches of 100, in the channels-last memory layout (1.6-1.9x the
 images per CPU-second of NCHW with the folded network; a frozen TorchScript trace was not faster), and
 under bfloat16 autocast where the CPU computes bfloat16 natively (``precision="auto"``: 2.2x). The
-defaults (lite0, 160 px, pooled head, L2-normalised) were chosen by accuracy per second on CIFAR-10:
+defaults (160 px for every variant, pooled head, L2-normalised) were chosen on CIFAR-10, and lite2 is the
+default image encoder of ``lra run`` as the most accurate variant within the 12-minute embedding budget:
 see BENCHMARKS.md, "Encoders".
 """
 
