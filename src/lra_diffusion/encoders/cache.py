@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lra_diffusion import distributed
 from lra_diffusion.encoders.base import (
     Encoder,
     ImageSource,
@@ -36,7 +37,6 @@ from lra_diffusion.encoders.base import (
     num_images,
     progress_bar,
 )
-from lra_diffusion import distributed
 from lra_diffusion.errors import InputError
 
 FEATURES_FILE = "features.npy"
