@@ -507,10 +507,12 @@ def _search_cells(features, k: int, cells: np.ndarray, *, metric: Metric, progre
     with torch.inference_mode():
         for c in tqdm(range(nlist), desc="search", disable=not progress, leave=False):
             a, b = int(starts[c]), int(starts[c + 1])
-            step = max(1, block_floats // max(1, _probed_rows(cells, order, starts, a, b)))
+            probed = np.unique(cells[order[a:b]])
+            step = max(1, block_floats // max(1, int((starts[probed + 1] - starts[probed]).sum())))
             for qa in range(a, b, step):
                 qb = min(b, qa + step)
-                probed = np.unique(cells[order[qa:qb]])
+                if qb - qa < b - a:  # a cell split into blocks: each block probes only its own rows' cells
+                    probed = np.unique(cells[order[qa:qb]])
                 base = np.concatenate([np.arange(starts[p], starts[p + 1]) for p in probed])
                 dist = norms[base][None, :] - 2 * xs_t[qa:qb] @ xs_t[base].T + norms[qa:qb, None]
                 kk = min(k, len(base))
@@ -518,12 +520,6 @@ def _search_cells(features, k: int, cells: np.ndarray, *, metric: Metric, progre
                 all_idx[order[qa:qb], :kk] = order[base[j.numpy()]]
                 all_dist[order[qa:qb], :kk] = best.clamp_min(0).numpy()
     return all_idx, all_dist
-
-
-def _probed_rows(cells: np.ndarray, order: np.ndarray, starts: np.ndarray, a: int, b: int) -> int:
-    """Rows in the union of the cells probed by the sorted rows a..b."""
-    probed = np.unique(cells[order[a:b]])
-    return int((starts[probed + 1] - starts[probed]).sum())
 
 
 def _search_ivf_self(index, features, k: int, params: AnnParams, coarse, *, metric: Metric, progress: bool):
