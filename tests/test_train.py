@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lra_diffusion.config import Config
+from lra_diffusion.config import Config, TrainConfig
 from lra_diffusion.errors import InputError
 from lra_diffusion.evaluate import predict_y0, readout
 from lra_diffusion.io import load_tensors
-from lra_diffusion.train import Checkpointer, ema_update, lr_factor, split_holdout, train
+from lra_diffusion.train import Checkpointer, auto_epochs, ema_update, lr_factor, split_holdout, train
 
 from conftest import TINY, make_blobs
 
@@ -25,6 +25,19 @@ STEPS_PER_EPOCH, TOTAL = 6, 18
 def run(config: Config = CKPT, seed: int = 0, **kw):
     X, y = make_blobs()
     return train(X, y, num_classes=3, config=config, seed=seed, progress=False, **kw)
+
+
+def test_auto_length_takes_the_largest_of_its_three_floors():
+    tc = TrainConfig(auto_steps=2000, auto_epochs=30, auto_class_visits=10_000)
+    # 2,000 steps at 100 steps per epoch = 20 epochs < 30 epochs; 10 classes of 4,000 samples: 25 epochs
+    assert auto_epochs(tc, 100, n=40_000, num_classes=10) == 30
+    # 200 classes of 162 samples: 10,000 visits per class take ceil(10,000 * 200 / 32,400) = 62 epochs
+    assert auto_epochs(tc, 126, n=32_400, num_classes=200) == 62
+    # a small set: the 2,000-step floor (3 steps per epoch) decides
+    assert auto_epochs(tc, 3, n=1_018, num_classes=10) == 667
+    assert auto_epochs(TrainConfig(auto_steps=0, auto_epochs=0, auto_class_visits=0), 5, n=10, num_classes=2) == 1
+    # 1,000 classes of 10 samples would ask for 2,000 epochs: capped at the paper's 200
+    assert auto_epochs(tc, 39, n=10_000, num_classes=1000) == 200
 
 
 def assert_same_result(a, b) -> None:

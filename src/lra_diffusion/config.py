@@ -79,9 +79,13 @@ class RetrievalConfig:
 class TrainConfig:
     """Optimisation, model selection and checkpointing."""
 
-    epochs: int | None = None  # None = auto: at least `auto_steps` optimiser steps and `auto_epochs` epochs
+    # None = auto: at least `auto_steps` optimiser steps, `auto_epochs` epochs and `auto_class_visits`
+    # sample visits per class (epochs >= auto_class_visits * C / N, at most the paper's 200: many classes
+    # with few samples each)
+    epochs: int | None = None
     auto_steps: int = 2000
     auto_epochs: float = 30.0
+    auto_class_visits: float = 20_000.0
     batch_size: int = 256
     lr: float = 1e-3
     warmup_fraction: float = 0.025  # linear warm-up over this fraction of all steps, then half-cosine
@@ -202,6 +206,7 @@ class Config:
             (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
             (t.auto_epochs >= 0, "train.auto_epochs must be >= 0"),
+            (t.auto_class_visits >= 0, "train.auto_class_visits must be >= 0"),
             (t.batch_size >= 2, "train.batch_size must be >= 2"),
             (t.lr > 0, "train.lr must be > 0"),
             (0 <= t.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),

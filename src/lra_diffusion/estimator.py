@@ -54,7 +54,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         validation data (the held-out *noisy* labels unless ``X_val, y_val`` are given), so no clean
         labels are needed; for weak encoders whose neighbours carry noisier labels than the samples
         themselves (see docs/label-issues.md). ``fit_info_["k_selection"]`` records both accuracies.
-    epochs : training epochs (None: config default, auto from ``train.auto_steps``).
+    epochs : training epochs (None: config default, auto from ``train.auto_steps``, ``auto_epochs`` and
+        ``auto_class_visits``).
     batch_size, feature_dim, lr, ddim_steps, val_fraction : shortcuts for the config keys of those
         names (None: keep the config's value).
     n_samples : 1 = ``predict_proba`` from the deterministic run's closeness scores; > 1 = class

@@ -66,10 +66,17 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def auto_epochs(tc, steps_per_epoch: int) -> int:
-    """The automatic training length: enough epochs for ``auto_steps`` optimiser steps and at least
-    ``auto_epochs`` passes over the data, so small sets get enough updates and large ones enough passes."""
-    return max(1, math.ceil(tc.auto_steps / steps_per_epoch), math.ceil(tc.auto_epochs))
+PAPER_EPOCHS = 200  # the paper's training length: the per-class rule never asks for more
+
+
+def auto_epochs(tc, steps_per_epoch: int, *, n: int, num_classes: int) -> int:
+    """The automatic training length: enough epochs for ``auto_steps`` optimiser steps, at least
+    ``auto_epochs`` passes over the ``n`` training samples and at least ``auto_class_visits`` sample visits
+    per class (``auto_class_visits * num_classes / n`` passes, at most :data:`PAPER_EPOCHS`), so small sets
+    get enough updates, large ones enough passes and sets with many classes of few samples each enough
+    visits per class."""
+    per_class = min(tc.auto_class_visits * num_classes / n, PAPER_EPOCHS)
+    return max(1, math.ceil(tc.auto_steps / steps_per_epoch), math.ceil(tc.auto_epochs), math.ceil(per_class))
 
 
 def check_inputs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, what: str = "") -> None:
@@ -242,7 +249,7 @@ def train(
 
     batch = min(tc.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: the order changes every epoch
-    epochs = tc.epochs or auto_epochs(tc, steps_per_epoch)
+    epochs = tc.epochs or auto_epochs(tc, steps_per_epoch, n=n, num_classes=num_classes)
     total = epochs * steps_per_epoch
     warmup = int(round(tc.warmup_fraction * total))
     # Selection candidates: `evals` epochs spread over the part of the run after `select_after`.
