@@ -29,7 +29,7 @@ def run(config: Config = CKPT, seed: int = 0, **kw):
 
 def test_auto_length_takes_the_largest_of_its_three_floors():
     tc = TrainConfig(auto_steps=2000, auto_epochs=30, auto_class_visits=10_000)
-    # 2,000 steps at 100 steps per epoch = 20 epochs < 30 epochs; 10 classes of 4,000 samples: 25 epochs
+    # 2,000 steps at 100 steps per epoch = 20 epochs; 10 classes of 4,000 samples need 2.5: 30 epochs win
     assert auto_epochs(tc, 100, n=40_000, num_classes=10) == 30
     # 200 classes of 162 samples: 10,000 visits per class take ceil(10,000 * 200 / 32,400) = 62 epochs
     assert auto_epochs(tc, 126, n=32_400, num_classes=200) == 62
