@@ -265,6 +265,21 @@ def test_k_auto_keeps_the_fit_with_the_better_validation_accuracy():
     assert np.array_equal(auto.predict_label_vectors(X), direct.predict_label_vectors(X))
 
 
+def test_the_k_rule_applies_to_the_config_k_only():
+    """k=None: the config's k under its rule when the config turns it on (recorded; off by default); an
+    explicit k and k="auto" bypass the rule."""
+    X, y = make_blobs(300)
+    assert "k_rule" not in LRAClassifier(config=TINY, epochs=1, random_state=0).fit(X, y).fit_info_
+    on = {**TINY, "retrieval": {**TINY["retrieval"], "auto_k": True}}
+    default = LRAClassifier(config=on, epochs=1, random_state=0).fit(X, y)
+    rule = default.fit_info_["k_rule"]
+    assert default.config_.retrieval.auto_k and default.fit_info_["retrieval_k"] == rule["k"] in (0, 5)
+    for k in (5, "auto"):
+        est = LRAClassifier(k=k, config=on, epochs=1, random_state=0).fit(X, y)
+        assert "k_rule" not in est.fit_info_ and not est.config_.retrieval.auto_k
+        assert est.fit_info_["retrieval_k"] == est.config_.retrieval.k
+
+
 @pytest.mark.parametrize("kw, message", [({"k": "auto", "val_fraction": 0.0}, "validation data"),
                                          ({"k": "five"}, "integer")])
 def test_bad_k(kw, message):

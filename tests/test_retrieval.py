@@ -142,3 +142,10 @@ def test_agreement_and_vote_distribution(sampler):
     torch.testing.assert_close(sampler.agreement(), torch.tensor([2 / 3, 2 / 3, 1 / 3]))
     votes = sampler.vote_distribution(3)
     torch.testing.assert_close(votes, torch.tensor([[2 / 3, 1 / 3, 0], [2 / 3, 1 / 3, 0], [2 / 3, 1 / 3, 0]]))
+
+
+def test_neighbour_vote_takes_the_majority_and_breaks_ties_by_the_nearest():
+    from lra_diffusion.retrieval import neighbour_vote
+
+    labels = np.array([[1, 2, 2, 0], [3, 1, 1, 3], [0, 1, 2, 3], [4, 4, 4, 4]])
+    assert neighbour_vote(labels).tolist() == [2, 3, 0, 4]

@@ -124,6 +124,22 @@ def test_streaming_exact_equals_in_memory_exact(tmp_path, exclude_self, metric):
     np.testing.assert_array_equal(knn(mapped, 6, index="exact", metric=metric, exclude_self=exclude_self)[0], ref_idx)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_streaming_queries_equal_brute_force(tmp_path, metric):
+    """Other rows as queries (the k rule's held-out rows): their neighbours among the rows, nothing excluded."""
+    from lra_diffusion.retrieval import knn_streaming
+
+    rng = np.random.default_rng(4)
+    X, Q = rng.normal(size=(333, 7)).astype(np.float32), rng.normal(size=(41, 7)).astype(np.float32)
+    both = np.concatenate([Q, X])
+    idx, dist = knn_streaming(X, 5, queries=Q, metric=metric, block_bytes=4 * 7 * 50)
+    assert idx.shape == dist.shape == (41, 5)
+    # the same neighbours as among queries and rows together, less the queries themselves
+    expect = [[j - len(Q) for j in row if j >= len(Q)][:5] for row in
+              knn(both, 5 + len(Q), index="exact", backend="torch", metric=metric, exclude_self=False)[0][: len(Q)]]
+    np.testing.assert_array_equal(idx, np.array(expect))
+
+
 def test_cell_blocks_search_a_superset_of_each_rows_probes():
     """The dense per-cell search (flat store) compares each row with every row of the cells its cell's
     rows probe: never farther neighbours than faiss's own scan of the row's nprobe cells, and the

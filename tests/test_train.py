@@ -274,3 +274,55 @@ def test_train_validates_the_validation_set():
     for Xv_, yv_, message in cases:
         with pytest.raises(InputError, match=message):
             train(X, y, num_classes=3, config=CKPT, val_features=Xv_, val_labels=yv_, progress=False)
+
+
+def _weak_neighbours(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes split by the sign of one feature, with 40 wide noise features: a linear prior finds
+    the split, while the nearest neighbours are decided by the noise (a weak encoder's feature space)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = np.concatenate([(2 * y - 1)[:, None] * 2.0 + rng.normal(size=(n, 1)), rng.normal(scale=3.0, size=(n, 40))], 1)
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def _xor_clusters(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four tight clusters at (+-1, +-1) labelled by XOR: neighbours share the class, a linear prior cannot."""
+    rng = np.random.default_rng(seed)
+    corner = np.arange(n) % 4
+    signs = np.stack([corner % 2, corner // 2], 1) * 2 - 1
+    X = signs * 1.0 + rng.normal(scale=0.1, size=(n, 2))
+    return X.astype(np.float32), ((corner % 2) ^ (corner // 2)).astype(np.int64)
+
+
+@pytest.mark.parametrize("data,kept", [(_weak_neighbours, False), (_xor_clusters, True)])
+def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_the_prior(data, kept):
+    X, y = data()
+    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": True})
+    result = train(X, y, num_classes=2, config=config, progress=False)
+    rule = result.k_rule
+    assert rule["rows"] == 60  # the 10% hold-out, all of it
+    assert (rule["vote_accuracy"] >= rule["prior_accuracy"]) == kept
+    assert abs(rule["vote_accuracy"] - rule["prior_accuracy"]) > 0.2  # each data set is clear-cut
+    assert rule["k"] == result.retrieval_k == result.neighbours.shape[1] == (5 if kept else 0)
+    # turned off (the default), the rule leaves the config's k alone
+    fixed = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": False}), progress=False)
+    assert fixed.k_rule is None and fixed.retrieval_k == 5
+
+
+def test_k_rule_needs_a_prior_and_validation_rows():
+    X, y = _weak_neighbours()
+    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": True})
+    for cfg in (config.replace(diffusion={"prior": "zero"}), config.replace(train={"epochs": 1, "val_fraction": 0})):
+        result = train(X, y, num_classes=2, config=cfg, progress=False)
+        assert result.k_rule is None and result.retrieval_k == 5
+
+
+def test_a_run_whose_rule_keeps_k_draws_as_without_the_rule():
+    """The rule draws nothing from the run's generator: where it keeps k, training is unchanged."""
+    X, y = _xor_clusters()
+    config = Config.from_dict(TINY).replace(train={"epochs": 2}, retrieval={"auto_k": True})
+    a = train(X, y, num_classes=2, config=config, progress=False)
+    b = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": False}), progress=False)
+    assert a.retrieval_k == b.retrieval_k == 5
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key

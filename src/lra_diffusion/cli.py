@@ -180,6 +180,10 @@ def fit(
     if "k_selection" in info:
         accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
         typer.echo(f"k=auto: validation accuracy {accs}; kept k={est.config_.retrieval.k}")
+    if "k_rule" in info:
+        rule = info["k_rule"]
+        typer.echo(f"k rule: the {est.config_.retrieval.k}-NN vote predicts {rule['vote_accuracy']:.4f} of the "
+                   f"validation labels, the prior {rule['prior_accuracy']:.4f}: retrieval k={rule['k']}")
     from .distributed import context, shutdown
 
     if context().is_main:

@@ -62,6 +62,10 @@ class RetrievalConfig:
     """Label retrieval from nearest neighbours in f_p space."""
 
     k: int = 10
+    # a cheap label-free rule for k (an option, off: BENCHMARKS "Defaults suite" measures it): keep k when
+    # the k-NN vote of the training labels predicts the held-out labels at least as well as the prior f_q
+    # does, else k = 0 (no retrieval: a weak encoder's neighbours make the draws noisier than the labels)
+    auto_k: bool = False
     metric: Literal["euclidean", "cosine"] = "euclidean"
     backend: Literal["auto", "torch", "faiss"] = "auto"
     exclude_self: bool = True

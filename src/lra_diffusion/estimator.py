@@ -49,7 +49,10 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    k : neighbours for label retrieval (None: config default, 10). 0 disables retrieval. ``"auto"``
+    k : neighbours for label retrieval (None: the config's k, 10; with the config's opt-in rule
+        ``retrieval.auto_k = true`` retrieval is turned off when the k-NN vote predicts the held-out labels
+        worse than the prior f_q, and ``fit_info_["retrieval_k"]`` and ``["k_rule"]`` say what it chose).
+        An integer is used as given; 0 disables retrieval. ``"auto"``
         fits twice, with the config's k and with k = 0, and keeps the fit with the higher accuracy on the
         validation data (the held-out *noisy* labels unless ``X_val, y_val`` are given), so no clean
         labels are needed; for weak encoders whose neighbours carry noisier labels than the samples
@@ -118,7 +121,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         else:
             raise InputError(f"config must be a Config, a dict or None, got {type(self.config).__name__}")
         shortcuts = {
-            "retrieval": {"k": None if self.k == "auto" else self.k},
+            # an explicit k is used as given, and k="auto" fits k and 0 both (no rule in either case)
+            "retrieval": {"k": None if self.k == "auto" else self.k, "auto_k": None if self.k is None else False},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                       "val_fraction": self.val_fraction},
             "model": {"feature_dim": self.feature_dim},
@@ -203,8 +207,10 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             "n_samples": len(X), "epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
-            "resumed_from_step": result.resumed_from,
+            "resumed_from_step": result.resumed_from, "retrieval_k": result.retrieval_k,
         }
+        if result.k_rule is not None:
+            self.fit_info_["k_rule"] = result.k_rule
         if len(selection) > 1:
             self.fit_info_["k_selection"] = {str(k): acc for k, acc in selection.items()}
         if run_dir is not None and distributed.context().is_main:  # under torchrun, rank 0 writes the run

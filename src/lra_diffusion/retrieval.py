@@ -134,6 +134,7 @@ def knn_streaming(
     features: np.ndarray | FeatureRows,
     k: int,
     *,
+    queries: np.ndarray | FeatureRows | None = None,
     metric: Metric = "euclidean",
     exclude_self: bool = True,
     progress: bool = False,
@@ -146,29 +147,33 @@ def knn_streaming(
     Each block of queries is compared with every block of rows (``block_bytes`` of float32 each, default
     a quarter of the feature chunk, 16 MB), keeping a running top-k: memory is two blocks, their distance
     block and the (N, k) results, whatever N is; the rows are read N / block times (from the page cache).
+    ``queries``: other rows (Q, D) whose neighbours among ``features`` are wanted instead (nothing is
+    excluded then); the results are (Q, k).
     """
     from . import features as features_mod
 
     rows = as_rows(features)
     n, d = rows.shape
+    qrows = rows if queries is None else as_rows(queries)
+    exclude_self = exclude_self and queries is None
     kk = k + 1 if exclude_self else k
     # at most 4096 rows a block: the (rows x rows) distance block stays at 64 MB however narrow D is
     size = min(4096, chunk_rows(d, block_bytes or features_mod.CHUNK_BYTES // 4))
     dev = device if device is not None else torch.device("cpu")
 
-    def block(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(_prepare_np(rows[start : start + size], metric)).to(dev)
+    def block(source: FeatureRows, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(_prepare_np(source[start : start + size], metric)).to(dev)
         return x, (x * x).sum(1)
 
-    all_idx = np.empty((n, kk), dtype=np.int64)
-    all_dist = np.empty((n, kk), dtype=np.float32)
+    all_idx = np.empty((len(qrows), kk), dtype=np.int64)
+    all_dist = np.empty((len(qrows), kk), dtype=np.float32)
     with torch.no_grad():
-        for qs in tqdm(range(0, n, size), desc="kNN", disable=not progress, leave=False):
-            q, qn = block(qs)
+        for qs in tqdm(range(0, len(qrows), size), desc="kNN", disable=not progress, leave=False):
+            q, qn = block(qrows, qs)
             best_d = torch.full((len(q), kk), float("inf"), device=dev)
             best_i = torch.zeros((len(q), kk), dtype=torch.int64, device=dev)
             for ds in range(0, n, size):
-                x, xn = (q, qn) if ds == qs else block(ds)
+                x, xn = (q, qn) if queries is None and ds == qs else block(rows, ds)
                 dist = qn[:, None] - 2 * q @ x.T + xn[None, :]
                 cand_d = torch.cat([best_d, dist], 1)
                 cand_i = torch.cat([best_i, torch.arange(ds, ds + len(x), device=dev).expand(len(q), -1)], 1)
@@ -548,6 +553,14 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
         f, e = found[s : s + 65_536], exact[s : s + 65_536]
         hits += int((e[:, :, None] == f[:, None, :]).any(2).sum())
     return hits / exact.size
+
+
+def neighbour_vote(neighbour_labels: np.ndarray) -> np.ndarray:
+    """The majority label of each row of ``neighbour_labels`` (Q, k), nearest neighbour first; a tie goes
+    to the label of the nearest of the tied neighbours. Returns (Q,)."""
+    labels = np.asarray(neighbour_labels)
+    counts = (labels[:, :, None] == labels[:, None, :]).sum(2)  # (Q, k): votes for each position's label
+    return labels[np.arange(len(labels)), counts.argmax(1)]
 
 
 class NeighbourLabelSampler:

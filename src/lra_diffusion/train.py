@@ -35,7 +35,7 @@ from .io import load_tensors, save_tensors, sha256_array
 from .models import LabelDenoiser, fit_prior
 from . import distributed
 from .features import FeatureRows, is_mapped, map_chunks
-from .retrieval import NeighbourLabelSampler, ann_params, knn
+from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming, neighbour_vote
 
 
 @dataclass
@@ -55,6 +55,8 @@ class TrainResult:
     train_index: np.ndarray | None = None  # rows of the given features used for training
     val_index: np.ndarray | None = None  # rows held out for model selection (None: external or none)
     neighbours: np.ndarray | None = None  # (n_train, k) neighbour indices into train_index order
+    retrieval_k: int | None = None  # the k the draws used: the config's, or 0 when the k rule chose that
+    k_rule: dict | None = None  # the rule's held-out accuracies and choice (None when it did not apply)
     resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
 
 
@@ -213,7 +215,6 @@ def train(
     neighbours = distributed.broadcast_from_main(  # computed once, on rank 0
         lambda: knn(x_rows if mapped else x_rows.to_numpy(), rc.k, metric=rc.metric, backend=rc.backend,
                     index=rc.index, ann=ann, exclude_self=rc.exclude_self, device=dev)[0], ctx)
-    sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
     # in memory: the whole (n, D) matrix (on the device, batches gathered there); mapped: gathered per batch
     x = None if mapped else torch.from_numpy(x_rows.to_numpy())
 
@@ -239,6 +240,14 @@ def train(
     if x is not None:
         x = to_device(x, dev)
     model.to(dev)
+    k_rule = None
+    if rc.auto_k and rc.k > 0 and model.has_prior and val_features is not None:
+        vote, prior, rows = distributed.broadcast_from_main(
+            lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx).tolist()
+        k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
+                  "k": rc.k if vote >= prior else 0}
+        neighbours = neighbours[:, : k_rule["k"]]
+    sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
     ema = copy.deepcopy(model).requires_grad_(False)
     ddp = distributed.wrap(model, ctx, dev)  # DistributedDataParallel under torchrun, else model itself
     forward = torch.compile(ddp) if rt.compile else (ddp if ctx.active else None)  # shares model's parameters
@@ -350,8 +359,31 @@ def train(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
-        resumed_from=resumed_from,
+        resumed_from=resumed_from, retrieval_k=neighbours.shape[1], k_rule=k_rule,
     )
+
+
+K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced over the slice)
+
+
+def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray, val_features, val_labels,
+                  rc, dev: torch.device) -> np.ndarray:
+    """The k rule's scores on (at most :data:`K_RULE_ROWS` of) the validation rows, int64 (3,): how many
+    the majority vote of the ``rc.k`` nearest training rows' labels predicts right, how many the prior
+    f_q (argmax) does, and the number of rows scored.
+
+    Label-free: both predict the same (usually noisy) validation labels. Retrieval trains the denoiser
+    towards its neighbours' labels, so a vote that predicts them worse than the prior means that the
+    draws would be worse targets than the given labels.
+    """
+    n_val = len(val_labels)
+    pick = np.unique(np.linspace(0, n_val - 1, min(n_val, K_RULE_ROWS)).round().astype(np.int64))
+    q, yq = np.asarray(val_features[pick], dtype=np.float32), val_labels[pick]
+    nb, _ = knn_streaming(x_rows, rc.k, queries=q, metric=rc.metric, device=dev)
+    vote = neighbour_vote(labels[nb])
+    with torch.no_grad():
+        prior = model.prior_mean(torch.from_numpy(q).to(dev)).argmax(1).cpu().numpy()
+    return np.array([(vote == yq).sum(), (prior == yq).sum(), len(yq)], dtype=np.int64)
 
 
 def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_features: np.ndarray | None,
