@@ -125,7 +125,7 @@ def test_streaming_exact_equals_in_memory_exact(tmp_path, exclude_self, metric):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_streaming_queries_equal_brute_force(tmp_path, metric):
+def test_streaming_queries_equal_brute_force(metric):
     """Other rows as queries (the k rule's held-out rows): their neighbours among the rows, nothing excluded."""
     from lra_diffusion.retrieval import knn_streaming
 

@@ -303,10 +303,10 @@ def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_th
     assert rule["rows"] == 60  # the 10% hold-out, all of it
     assert (rule["vote_accuracy"] >= rule["prior_accuracy"]) == kept
     assert abs(rule["vote_accuracy"] - rule["prior_accuracy"]) > 0.2  # each data set is clear-cut
-    assert rule["k"] == result.retrieval_k == result.neighbours.shape[1] == (5 if kept else 0)
+    assert rule["k"] == result.neighbours.shape[1] == (5 if kept else 0)
     # turned off (the default), the rule leaves the config's k alone
     fixed = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": False}), progress=False)
-    assert fixed.k_rule is None and fixed.retrieval_k == 5
+    assert fixed.k_rule is None and fixed.neighbours.shape[1] == 5
 
 
 def test_k_rule_needs_a_prior_and_validation_rows():
@@ -314,15 +314,16 @@ def test_k_rule_needs_a_prior_and_validation_rows():
     config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": True})
     for cfg in (config.replace(diffusion={"prior": "zero"}), config.replace(train={"epochs": 1, "val_fraction": 0})):
         result = train(X, y, num_classes=2, config=cfg, progress=False)
-        assert result.k_rule is None and result.retrieval_k == 5
+        assert result.k_rule is None and result.neighbours.shape[1] == 5
 
 
+@pytest.mark.floats
 def test_a_run_whose_rule_keeps_k_draws_as_without_the_rule():
     """The rule draws nothing from the run's generator: where it keeps k, training is unchanged."""
     X, y = _xor_clusters()
     config = Config.from_dict(TINY).replace(train={"epochs": 2}, retrieval={"auto_k": True})
     a = train(X, y, num_classes=2, config=config, progress=False)
     b = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": False}), progress=False)
-    assert a.retrieval_k == b.retrieval_k == 5
+    assert a.neighbours.shape[1] == b.neighbours.shape[1] == 5
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key]), key

@@ -207,7 +207,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             "n_samples": len(X), "epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
-            "resumed_from_step": result.resumed_from, "retrieval_k": result.retrieval_k,
+            "resumed_from_step": result.resumed_from, "retrieval_k": result.neighbours.shape[1],
         }
         if result.k_rule is not None:
             self.fit_info_["k_rule"] = result.k_rule

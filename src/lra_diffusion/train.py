@@ -54,8 +54,9 @@ class TrainResult:
     seconds: float = 0.0
     train_index: np.ndarray | None = None  # rows of the given features used for training
     val_index: np.ndarray | None = None  # rows held out for model selection (None: external or none)
-    neighbours: np.ndarray | None = None  # (n_train, k) neighbour indices into train_index order
-    retrieval_k: int | None = None  # the k the draws used: the config's, or 0 when the k rule chose that
+    # (n_train, k) neighbour indices into train_index order: those the draws used, (n_train, 0) when the k
+    # rule turned retrieval off
+    neighbours: np.ndarray | None = None
     k_rule: dict | None = None  # the rule's held-out accuracies and choice (None when it did not apply)
     resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
 
@@ -359,7 +360,7 @@ def train(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
-        resumed_from=resumed_from, retrieval_k=neighbours.shape[1], k_rule=k_rule,
+        resumed_from=resumed_from, k_rule=k_rule,
     )
 
 
@@ -372,9 +373,10 @@ def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray,
     the majority vote of the ``rc.k`` nearest training rows' labels predicts right, how many the prior
     f_q (argmax) does, and the number of rows scored.
 
-    Label-free: both predict the same (usually noisy) validation labels. Retrieval trains the denoiser
-    towards its neighbours' labels, so a vote that predicts them worse than the prior means that the
-    draws would be worse targets than the given labels.
+    Label-free: both predict the same (usually noisy) validation labels. The idea: retrieval trains the
+    denoiser towards its neighbours' labels, so a vote worse than the prior suggests worse targets than the
+    given labels. Not always so: BENCHMARKS "Defaults suite" has a data set where the rule costs 8.5
+    points, which is why it is off by default.
     """
     n_val = len(val_labels)
     pick = np.unique(np.linspace(0, n_val - 1, min(n_val, K_RULE_ROWS)).round().astype(np.int64))
