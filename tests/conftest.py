@@ -33,6 +33,15 @@ def make_blobs(n: int = 240, d: int = 8, classes: int = 3, seed: int = 0) -> tup
     return X.astype(np.float32), y.astype(np.int64)
 
 
+def weak_neighbours(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes split by the sign of one feature, with 40 wide noise features: a linear prior finds
+    the split, while the nearest neighbours are decided by the noise (a weak encoder's feature space)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = np.concatenate([(2 * y - 1)[:, None] * 2.0 + rng.normal(size=(n, 1)), rng.normal(scale=3.0, size=(n, 40))], 1)
+    return X.astype(np.float32), y.astype(np.int64)
+
+
 @pytest.fixture()
 def blobs() -> tuple[np.ndarray, np.ndarray]:
     return make_blobs()

@@ -99,7 +99,7 @@ def test_fit_k_auto_reports_the_choice_and_saves_the_chosen_k(inputs, tmp_path):
     res = lra(*fit_args(inputs, tmp_path / "run", "--k", "auto"))
     assert res.exit_code == 0, res.output
     kept = LRAClassifier.load(tmp_path / "run").config_.retrieval.k
-    assert "k=auto: validation accuracy k=5: " in res.stdout and f"kept k={kept}" in res.stdout
+    assert "k chosen on the validation labels: k=5: " in res.stdout and f"kept k={kept}" in res.stdout
 
 
 @pytest.mark.parametrize("classes", [np.array([2, 5, 9]), np.array(["ant", "bee", "cat"])])

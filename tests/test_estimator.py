@@ -20,7 +20,7 @@ from lra_diffusion.errors import InputError
 from lra_diffusion.estimator import LRAClassifier
 from lra_diffusion.io import sha256_array
 
-from conftest import TINY, make_blobs
+from conftest import TINY, make_blobs, weak_neighbours
 
 
 def small(**kw) -> LRAClassifier:
@@ -265,18 +265,39 @@ def test_k_auto_keeps_the_fit_with_the_better_validation_accuracy():
     assert np.array_equal(auto.predict_label_vectors(X), direct.predict_label_vectors(X))
 
 
-def test_the_k_rule_applies_to_the_config_k_only():
-    """k=None: the config's k under its rule when the config turns it on (recorded; off by default); an
-    explicit k and k="auto" bypass the rule."""
+def test_the_default_screen_fits_k0_too_only_where_the_vote_is_below_the_prior():
+    """k=None: the config's k, checked (auto_k "screen", the default); a second fit with k = 0 only where
+    the k-NN vote predicts the held-out labels worse than the prior, and the better fit kept."""
     X, y = make_blobs(300)
-    assert "k_rule" not in LRAClassifier(config=TINY, epochs=1, random_state=0).fit(X, y).fit_info_
-    on = {**TINY, "retrieval": {**TINY["retrieval"], "auto_k": True}}
+    kept = LRAClassifier(config=TINY, epochs=1, random_state=0).fit(X, y)
+    rule = kept.fit_info_["k_rule"]
+    assert rule["vote_accuracy"] >= rule["prior_accuracy"] and rule["k"] == 5
+    assert "k_selection" not in kept.fit_info_ and kept.fit_info_["retrieval_k"] == 5
+    X, y = weak_neighbours()
+    screened = LRAClassifier(config=TINY, epochs=2, random_state=0).fit(X, y)
+    rule = screened.fit_info_["k_rule"]
+    assert rule["vote_accuracy"] < rule["prior_accuracy"] and rule["k"] == 0
+    selection = {int(k): acc for k, acc in screened.fit_info_["k_selection"].items()}
+    assert set(selection) == {5, 0}
+    chosen = screened.fit_info_["retrieval_k"]
+    assert chosen == screened.config_.retrieval.k and selection[chosen] == max(selection.values())
+    if selection[0] == selection[5]:
+        assert chosen == 5  # the config's k wins ties
+    # the same as k="auto" would have done (both fit the config's k, then k = 0)
+    auto = LRAClassifier(k="auto", config=TINY, epochs=2, random_state=0).fit(X, y)
+    assert {int(k): a for k, a in auto.fit_info_["k_selection"].items()} == selection
+
+
+def test_the_k_check_applies_to_the_config_k_only():
+    """auto_k "rule" switches k inside the one fit; an explicit k and k="auto" bypass every check."""
+    X, y = make_blobs(300)
+    on = {**TINY, "retrieval": {**TINY["retrieval"], "auto_k": "rule"}}
     default = LRAClassifier(config=on, epochs=1, random_state=0).fit(X, y)
     rule = default.fit_info_["k_rule"]
-    assert default.config_.retrieval.auto_k and default.fit_info_["retrieval_k"] == rule["k"] in (0, 5)
+    assert default.fit_info_["retrieval_k"] == rule["k"] in (0, 5) and "k_selection" not in default.fit_info_
     for k in (5, "auto"):
         est = LRAClassifier(k=k, config=on, epochs=1, random_state=0).fit(X, y)
-        assert "k_rule" not in est.fit_info_ and not est.config_.retrieval.auto_k
+        assert "k_rule" not in est.fit_info_ and est.config_.retrieval.auto_k == "off"
         assert est.fit_info_["retrieval_k"] == est.config_.retrieval.k
 
 

@@ -15,7 +15,7 @@ from lra_diffusion.evaluate import predict_y0, readout
 from lra_diffusion.io import load_tensors
 from lra_diffusion.train import Checkpointer, auto_epochs, ema_update, lr_factor, split_holdout, train
 
-from conftest import TINY, make_blobs
+from conftest import TINY, make_blobs, weak_neighbours
 
 # 216 training rows after the 10% hold-out, batch 32: 6 steps per epoch, 18 steps in all
 CKPT = Config.from_dict(TINY).replace(train={"checkpoint_every": 4, "keep_checkpoints": 100})
@@ -276,13 +276,12 @@ def test_train_validates_the_validation_set():
             train(X, y, num_classes=3, config=CKPT, val_features=Xv_, val_labels=yv_, progress=False)
 
 
-def _weak_neighbours(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two classes split by the sign of one feature, with 40 wide noise features: a linear prior finds
-    the split, while the nearest neighbours are decided by the noise (a weak encoder's feature space)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    X = np.concatenate([(2 * y - 1)[:, None] * 2.0 + rng.normal(size=(n, 1)), rng.normal(scale=3.0, size=(n, 40))], 1)
-    return X.astype(np.float32), y.astype(np.int64)
+def test_auto_k_reads_the_modes_and_the_boolean_of_earlier_runs():
+    assert Config().retrieval.auto_k == "screen"
+    for old, mode in ((True, "rule"), (False, "off")):  # config.json of runs saved before the modes
+        assert Config.from_dict({"retrieval": {"auto_k": old}}).retrieval.auto_k == mode
+    with pytest.raises(InputError, match="retrieval.auto_k must be 'off', 'screen' or 'rule'"):
+        Config.from_dict({"retrieval": {"auto_k": "always"}})
 
 
 def _xor_clusters(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -294,36 +293,40 @@ def _xor_clusters(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), ((corner % 2) ^ (corner // 2)).astype(np.int64)
 
 
-@pytest.mark.parametrize("data,kept", [(_weak_neighbours, False), (_xor_clusters, True)])
+@pytest.mark.parametrize("data,kept", [(weak_neighbours, False), (_xor_clusters, True)])
 def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_the_prior(data, kept):
     X, y = data()
-    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": True})
+    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": "rule"})
     result = train(X, y, num_classes=2, config=config, progress=False)
     rule = result.k_rule
     assert rule["rows"] == 60  # the 10% hold-out, all of it
     assert (rule["vote_accuracy"] >= rule["prior_accuracy"]) == kept
     assert abs(rule["vote_accuracy"] - rule["prior_accuracy"]) > 0.2  # each data set is clear-cut
     assert rule["k"] == result.neighbours.shape[1] == (5 if kept else 0)
-    # turned off (the default), the rule leaves the config's k alone
-    fixed = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": False}), progress=False)
+    # "screen" (the default) measures the same but trains with the config's k (the estimator decides);
+    # "off" measures nothing
+    screen = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": "screen"}), progress=False)
+    assert screen.k_rule == rule and screen.neighbours.shape[1] == 5
+    fixed = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": "off"}), progress=False)
     assert fixed.k_rule is None and fixed.neighbours.shape[1] == 5
 
 
 def test_k_rule_needs_a_prior_and_validation_rows():
-    X, y = _weak_neighbours()
-    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": True})
+    X, y = weak_neighbours()
+    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": "rule"})
     for cfg in (config.replace(diffusion={"prior": "zero"}), config.replace(train={"epochs": 1, "val_fraction": 0})):
         result = train(X, y, num_classes=2, config=cfg, progress=False)
         assert result.k_rule is None and result.neighbours.shape[1] == 5
 
 
 @pytest.mark.floats
-def test_a_run_whose_rule_keeps_k_draws_as_without_the_rule():
-    """The rule draws nothing from the run's generator: where it keeps k, training is unchanged."""
-    X, y = _xor_clusters()
-    config = Config.from_dict(TINY).replace(train={"epochs": 2}, retrieval={"auto_k": True})
+@pytest.mark.parametrize("data,mode", [(_xor_clusters, "rule"), (weak_neighbours, "screen")])
+def test_a_run_that_keeps_k_draws_as_without_the_check(data, mode):
+    """The check draws nothing from the run's generator: where k is kept, training is unchanged."""
+    X, y = data()
+    config = Config.from_dict(TINY).replace(train={"epochs": 2}, retrieval={"auto_k": mode})
     a = train(X, y, num_classes=2, config=config, progress=False)
-    b = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": False}), progress=False)
+    b = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": "off"}), progress=False)
     assert a.neighbours.shape[1] == b.neighbours.shape[1] == 5
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key]), key

@@ -177,13 +177,13 @@ def fit(
     info = est.fit_info_
     best = f", best validation accuracy {info['best_val_accuracy']:.4f}" if info["best_val_accuracy"] is not None else ""
     resumed = f" (resumed from step {info['resumed_from_step']})" if info["resumed_from_step"] else ""
-    if "k_selection" in info:
-        accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
-        typer.echo(f"k=auto: validation accuracy {accs}; kept k={est.config_.retrieval.k}")
     if "k_rule" in info:
         rule = info["k_rule"]
-        typer.echo(f"k rule: the {est.config_.retrieval.k}-NN vote predicts {rule['vote_accuracy']:.4f} of the "
-                   f"validation labels, the prior {rule['prior_accuracy']:.4f}: retrieval k={rule['k']}")
+        typer.echo(f"k check: the nearest neighbours' vote predicts {rule['vote_accuracy']:.4f} of the "
+                   f"validation labels, the prior {rule['prior_accuracy']:.4f}")
+    if "k_selection" in info:
+        accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
+        typer.echo(f"k chosen on the validation labels: {accs}; kept k={info['retrieval_k']}")
     from .distributed import context, shutdown
 
     if context().is_main:

@@ -49,9 +49,10 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    k : neighbours for label retrieval (None: the config's k, 10; with the config's opt-in rule
-        ``retrieval.auto_k = true`` retrieval is turned off when the k-NN vote predicts the held-out labels
-        worse than the prior f_q, and ``fit_info_["retrieval_k"]`` and ``["k_rule"]`` say what it chose).
+    k : neighbours for label retrieval (None: the config's k, 10, checked by ``retrieval.auto_k``: by
+        default, where the k-NN vote of the training labels predicts the held-out labels worse than the
+        prior f_q does, a second fit with k = 0 is made and the one with the higher held-out accuracy kept;
+        ``fit_info_["k_rule"]``, ``["k_selection"]`` and ``["retrieval_k"]`` say what was measured and kept).
         An integer is used as given; 0 disables retrieval. ``"auto"``
         fits twice, with the config's k and with k = 0, and keeps the fit with the higher accuracy on the
         validation data (the held-out *noisy* labels unless ``X_val, y_val`` are given), so no clean
@@ -121,8 +122,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         else:
             raise InputError(f"config must be a Config, a dict or None, got {type(self.config).__name__}")
         shortcuts = {
-            # an explicit k is used as given, and k="auto" fits k and 0 both (no rule in either case)
-            "retrieval": {"k": None if self.k == "auto" else self.k, "auto_k": None if self.k is None else False},
+            # an explicit k is used as given, and k="auto" fits k and 0 both (no check in either case)
+            "retrieval": {"k": None if self.k == "auto" else self.k, "auto_k": None if self.k is None else "off"},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                       "val_fraction": self.val_fraction},
             "model": {"feature_dim": self.feature_dim},
@@ -181,36 +182,39 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
                 raise InputError(f"validation labels {unknown[:5].tolist()} are not among the training classes")
             y_val = np.searchsorted(self.classes_, y_val)
         self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
-        candidates = [config]
-        if self.k == "auto":
-            if X_val is None and config.train.val_fraction <= 0:
-                raise InputError('k="auto" chooses k on validation data: give X_val, y_val or val_fraction > 0')
-            candidates.append(config.replace(retrieval={"k": 0}))  # the config's k (10) first: wins ties
-        selection, best = {}, None
-        for cand in candidates:
-            ckpt = Path(run_dir) / "checkpoints" if run_dir is not None else None
-            if ckpt is not None and len(candidates) > 1:
-                ckpt = ckpt / f"k{cand.retrieval.k}"
-            result = train(
+        if self.k == "auto" and X_val is None and config.train.val_fraction <= 0:
+            raise InputError('k="auto" chooses k on validation data: give X_val, y_val or val_fraction > 0')
+        ckpt = Path(run_dir) / "checkpoints" if run_dir is not None else None
+
+        def fit_one(cand: Config, subfolder: bool):
+            return train(
                 X, y_idx, num_classes=len(self.classes_), config=cand, val_features=X_val, val_labels=y_val,
-                seed=self.seed_, checkpoint_dir=ckpt, resume=resume, progress=self.verbose,
+                seed=self.seed_, checkpoint_dir=ckpt / f"k{cand.retrieval.k}" if ckpt and subfolder else ckpt,
+                resume=resume, progress=self.verbose,
             )
-            selection[cand.retrieval.k] = result.best_val_accuracy
-            if best is None or result.best_val_accuracy > best[1].best_val_accuracy:
-                best = (cand, result)
+
+        fits = [(config, fit_one(config, subfolder=self.k == "auto"))]
+        k_rule = fits[0][1].k_rule
+        # k="auto" always fits k = 0 as well; the default screen only where the k-NN vote is below the prior
+        if self.k == "auto" or (config.retrieval.auto_k == "screen" and k_rule is not None and k_rule["k"] == 0):
+            no_retrieval = config.replace(retrieval={"k": 0, "auto_k": "off"})
+            fits.append((no_retrieval, fit_one(no_retrieval, subfolder=True)))
+        selection = {c.retrieval.k: r.best_val_accuracy for c, r in fits}
+        best = max(fits, key=lambda f: f[1].best_val_accuracy)  # the first (the config's k) wins ties
         config, result = best
         self.config_ = config
         self.model_ = result.model
         self.history_ = result.history
         self.train_result_ = result
         self.fit_info_ = {
-            "n_samples": len(X), "epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
+            "n_samples": len(X), "epochs": result.epochs, "steps": result.steps,
+            "seconds": sum(r.seconds for _, r in fits),  # both fits where k = 0 was fitted too
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
             "resumed_from_step": result.resumed_from, "retrieval_k": result.neighbours.shape[1],
         }
-        if result.k_rule is not None:
-            self.fit_info_["k_rule"] = result.k_rule
+        if k_rule is not None:
+            self.fit_info_["k_rule"] = k_rule
         if len(selection) > 1:
             self.fit_info_["k_selection"] = {str(k): acc for k, acc in selection.items()}
         if run_dir is not None and distributed.context().is_main:  # under torchrun, rank 0 writes the run

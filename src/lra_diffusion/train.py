@@ -242,12 +242,14 @@ def train(
         x = to_device(x, dev)
     model.to(dev)
     k_rule = None
-    if rc.auto_k and rc.k > 0 and model.has_prior and val_features is not None:
+    if rc.auto_k != "off" and rc.k > 0 and model.has_prior and val_features is not None:
         vote, prior, rows = distributed.broadcast_from_main(
             lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx).tolist()
+        # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
         k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
                   "k": rc.k if vote >= prior else 0}
-        neighbours = neighbours[:, : k_rule["k"]]
+        if rc.auto_k == "rule":
+            neighbours = neighbours[:, : k_rule["k"]]
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
     ema = copy.deepcopy(model).requires_grad_(False)
     ddp = distributed.wrap(model, ctx, dev)  # DistributedDataParallel under torchrun, else model itself
