@@ -13,7 +13,8 @@ from lra_diffusion.config import Config, TrainConfig
 from lra_diffusion.errors import InputError
 from lra_diffusion.evaluate import predict_y0, readout
 from lra_diffusion.io import load_tensors
-from lra_diffusion.train import Checkpointer, auto_epochs, ema_update, lr_factor, split_holdout, train
+from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, lr_factor, split_holdout, train,
+                                 vote_clearly_worse)
 
 from conftest import TINY, make_blobs, weak_neighbours
 
@@ -282,6 +283,18 @@ def test_auto_k_reads_the_modes_and_the_boolean_of_earlier_runs():
         assert Config.from_dict({"retrieval": {"auto_k": old}}).retrieval.auto_k == mode
     with pytest.raises(InputError, match="retrieval.auto_k must be 'off', 'screen' or 'rule'"):
         Config.from_dict({"retrieval": {"auto_k": "always"}})
+
+
+@pytest.mark.parametrize("vote_only,prior_only,rows,clear", [
+    (0, 12, 5000, False),   # consistent but tiny (0.24 points): the scale benchmark's data
+    (6, 3, 126, False),     # the vote ahead
+    (2, 6, 126, False),     # 3 points, but 8 discordant rows are no evidence
+    (232, 296, 2000, True),  # 3.2 points, 2.8 standard deviations
+    (20, 29, 1000, False),  # 0.9 points
+    (100, 130, 1000, False),  # 3 points, 2.0 standard deviations: not more than z = 2
+])
+def test_vote_clearly_worse_needs_a_gap_and_evidence(vote_only, prior_only, rows, clear):
+    assert vote_clearly_worse(vote_only, prior_only, rows) is clear
 
 
 def _xor_clusters(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -243,11 +243,12 @@ def train(
     model.to(dev)
     k_rule = None
     if rc.auto_k != "off" and rc.k > 0 and model.has_prior and val_features is not None:
-        vote, prior, rows = distributed.broadcast_from_main(
+        vote, prior, vote_only, prior_only, rows = distributed.broadcast_from_main(
             lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx).tolist()
         # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
         k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
-                  "k": rc.k if vote >= prior else 0}
+                  "vote_only": vote_only, "prior_only": prior_only,
+                  "k": 0 if vote_clearly_worse(vote_only, prior_only, rows) else rc.k}
         if rc.auto_k == "rule":
             neighbours = neighbours[:, : k_rule["k"]]
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
@@ -371,23 +372,33 @@ K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced ove
 
 def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray, val_features, val_labels,
                   rc, dev: torch.device) -> np.ndarray:
-    """The k rule's scores on (at most :data:`K_RULE_ROWS` of) the validation rows, int64 (3,): how many
+    """The k check's counts on (at most :data:`K_RULE_ROWS` of) the validation rows, int64 (5,): how many
     the majority vote of the ``rc.k`` nearest training rows' labels predicts right, how many the prior
-    f_q (argmax) does, and the number of rows scored.
+    f_q (argmax) does, how many only the vote and only the prior get right, and the number of rows scored.
 
     Label-free: both predict the same (usually noisy) validation labels. The idea: retrieval trains the
     denoiser towards its neighbours' labels, so a vote worse than the prior suggests worse targets than the
-    given labels. Not always so: BENCHMARKS "Defaults suite" has a data set where the rule costs 8.5
-    points, which is why it is off by default.
+    given labels. Not always so: BENCHMARKS "Defaults suite" has a data set where acting on it alone costs
+    8.5 points, which is why the default ("screen") only uses it to decide whether to fit k = 0 as well.
     """
     n_val = len(val_labels)
     pick = np.unique(np.linspace(0, n_val - 1, min(n_val, K_RULE_ROWS)).round().astype(np.int64))
     q, yq = np.asarray(val_features[pick], dtype=np.float32), val_labels[pick]
     nb, _ = knn_streaming(x_rows, rc.k, queries=q, metric=rc.metric, device=dev)
-    vote = neighbour_vote(labels[nb])
+    vote = neighbour_vote(labels[nb]) == yq
     with torch.no_grad():
-        prior = model.prior_mean(torch.from_numpy(q).to(dev)).argmax(1).cpu().numpy()
-    return np.array([(vote == yq).sum(), (prior == yq).sum(), len(yq)], dtype=np.int64)
+        prior = model.prior_mean(torch.from_numpy(q).to(dev)).argmax(1).cpu().numpy() == yq
+    return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(yq)], dtype=np.int64)
+
+
+def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float = 2.0, gap: float = 0.01) -> bool:
+    """Is the k-NN vote clearly below the prior on the ``rows`` scored? Both: at least ``gap`` (1 point)
+    below, and McNemar's sign test on the rows where exactly one of the two is right says the prior wins
+    more of them than chance allows (``z`` standard deviations, one-sided). A near tie keeps k: where the
+    two differ by less, a second fit (``auto_k = "screen"``) changed nothing measured (BENCHMARKS
+    "Defaults suite") and would double the fit time."""
+    diff = prior_only - vote_only
+    return diff >= gap * rows and diff > z * math.sqrt(prior_only + vote_only)
 
 
 def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_features: np.ndarray | None,
