@@ -104,3 +104,88 @@ def test_eps_from_y0_drives_ddim_to_the_predicted_y0(y0_prior):
         start = torch.zeros_like(y0) if p is None else p.clone()
         out = ddim_sample(lambda y, t, p=p: eps_from_y0(y, y0, ab[t], p), start, ab, ddim_timesteps(T, 10), prior=p)
         torch.testing.assert_close(out, y0, rtol=0, atol=1e-10)
+
+
+def xor_problem(n: int = 1200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes by the sign of x1 * x2 (plus 4 noise features): no linear classifier beats chance."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    return X, (X[:, 0] * X[:, 1] > 0).astype(np.int64)
+
+
+def _standardised(X, y, n_train):
+    f = torch.from_numpy(X)
+    f = (f - f[:n_train].mean(0)) / f[:n_train].std(0)
+    y = torch.from_numpy(y)
+    return f[:n_train], y[:n_train], f[n_train:], y[n_train:]
+
+
+def test_auto_prior_is_the_mlp_where_no_line_separates_and_linear_elsewhere():
+    from lra_diffusion.models import choose_prior
+
+    f, y, fv, yv = _standardised(*xor_problem(), 1000)
+    prior, rec = choose_prior(f, y, 2, kind="auto", f_val=fv, y_val=yv, hidden=32, seed=0)
+    assert rec["kind"] == prior.kind == "mlp" and prior.hidden_weight.shape == (6, 32)
+    assert rec["mlp_val_accuracy"] > 0.85 and rec["linear_val_accuracy"] < 0.65
+    assert rec["mlp_only"] > rec["linear_only"]
+    # separable blobs: the MLP is not clearly better, so the linear prior stays
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 4, generator=g) * 4
+    labels = torch.randint(0, 3, (600,), generator=g)
+    feats = centres[labels] + torch.randn(600, 4, generator=g)
+    prior, rec = choose_prior(feats[:500], labels[:500], 3, kind="auto", f_val=feats[500:], y_val=labels[500:], hidden=32)
+    assert rec["kind"] == prior.kind == "linear" and prior.hidden_weight is None
+    # without validation data "auto" is the linear prior, and "mlp" says what it needs
+    assert choose_prior(feats, labels, 3, kind="auto")[1]["kind"] == "linear"
+    from lra_diffusion.errors import InputError
+
+    with pytest.raises(InputError, match="validation"):
+        choose_prior(feats, labels, 3, kind="mlp")
+
+
+def test_mlp_prior_is_seeded_by_its_own_seed_and_draws_nothing_from_the_callers_generator():
+    from lra_diffusion.models import fit_mlp_prior
+
+    f, y, fv, yv = _standardised(*xor_problem(), 1000)
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    a = fit_mlp_prior(f, y, 2, f_val=fv, y_val=yv, hidden=16, seed=3)
+    assert torch.equal(g.get_state(), state)
+    b = fit_mlp_prior(f, y, 2, f_val=fv, y_val=yv, hidden=16, seed=3)
+    torch.testing.assert_close(a.logits(fv), b.logits(fv), rtol=0, atol=0)
+    assert a.epoch >= 1 and a.val_accuracy == float((a.logits(fv).argmax(1) == yv).float().mean())
+
+
+def test_denoiser_switches_between_linear_and_mlp_priors():
+    model = LabelDenoiser(2, 6, feature_dim=16, timesteps=50, prior=True).eval()
+    f = torch.randn(8, 6)
+    w_h, b_h, w, b = torch.randn(6, 5), torch.randn(5), torch.randn(5, 2), torch.randn(2)
+    model.set_prior(w, b, (w_h, b_h))
+    assert model.prior_hidden == 5
+    torch.testing.assert_close(model.prior_mean(f), torch.softmax(torch.relu(f @ w_h + b_h) @ w + b, dim=1))
+    model.set_prior(torch.randn(6, 2), torch.zeros(2))
+    assert model.prior_hidden == 0 and "prior_hidden_weight" not in model.state_dict()
+
+
+@pytest.mark.floats
+def test_estimator_with_mlp_prior_fits_saves_and_reloads(tmp_path):
+    X, y = xor_problem(800)
+    cfg = {"diffusion": {"prior": "auto"}, "train": {"auto_steps": 200, "batch_size": 64, "evals": 2},
+           "model": {"feature_dim": 32}}
+    clf = LRAClassifier(config=cfg, k=5, random_state=0).fit(X, y, run_dir=tmp_path / "run")
+    assert clf.fit_info_["prior"]["kind"] == "mlp" and clf.model_.prior_hidden == 32
+    Xt, yt = xor_problem(400, seed=1)
+    assert clf.score(Xt, yt) > 0.8  # a linear prior is at chance here
+    again = LRAClassifier.load(tmp_path / "run")
+    assert again.model_.prior_hidden == 32
+    np.testing.assert_array_equal(again.predict_label_vectors(Xt), clf.predict_label_vectors(Xt))
+
+
+@pytest.mark.floats
+def test_auto_prior_that_keeps_the_linear_one_trains_as_the_linear_prior(blobs):
+    X, y = blobs
+    cfg = {"train": {"auto_steps": 100, "batch_size": 32, "evals": 2}, "model": {"feature_dim": 16}}
+    runs = {p: LRAClassifier(config={**cfg, "diffusion": {"prior": p}}, k=5, random_state=0).fit(X, y)
+            for p in ("linear", "auto")}
+    assert runs["auto"].fit_info_["prior"]["kind"] == "linear"
+    np.testing.assert_array_equal(runs["auto"].predict_label_vectors(X), runs["linear"].predict_label_vectors(X))

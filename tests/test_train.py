@@ -309,7 +309,9 @@ def _xor_clusters(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("data,kept", [(weak_neighbours, False), (_xor_clusters, True)])
 def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_the_prior(data, kept):
     X, y = data()
-    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": "rule"})
+    # a linear prior (an MLP prior, which "auto" picks on XOR, predicts XOR as well as the vote)
+    config = Config.from_dict(TINY).replace(train={"epochs": 1}, retrieval={"auto_k": "rule"},
+                                            diffusion={"prior": "linear"})
     result = train(X, y, num_classes=2, config=config, progress=False)
     rule = result.k_rule
     assert rule["rows"] == 60  # the 10% hold-out, all of it

@@ -177,6 +177,10 @@ def fit(
     info = est.fit_info_
     best = f", best validation accuracy {info['best_val_accuracy']:.4f}" if info["best_val_accuracy"] is not None else ""
     resumed = f" (resumed from step {info['resumed_from_step']})" if info["resumed_from_step"] else ""
+    if "mlp_val_accuracy" in info.get("prior", {}):
+        prior = info["prior"]
+        linear = f", linear {prior['linear_val_accuracy']:.4f}" if "linear_val_accuracy" in prior else ""
+        typer.echo(f"prior f_q: {prior['kind']} (validation accuracy: MLP {prior['mlp_val_accuracy']:.4f}{linear})")
     if "k_rule" in info:
         rule = info["k_rule"]
         typer.echo(f"k check: the nearest neighbours' vote predicts {rule['vote_accuracy']:.4f} of the "

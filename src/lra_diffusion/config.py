@@ -41,9 +41,11 @@ class DiffusionConfig:
     readout: Literal["closest", "argmax"] = "closest"  # closest-to-1 as the paper, or plain argmax
     proba_temperature: float = 0.1  # predict_proba = softmax(-(y0 - 1)^2 / temperature)
     stochastic_eta: float = 1.0  # eta of the stochastic runs (n_samples > 1), which start from N(f_q, I)
-    # CARD's prior mean f_q(x): "zero" as the reference code, or "linear" = a logistic regression fitted
-    # on the noisy labels (models/prior.py); the diffusion is centred at it and starts from it
-    prior: Literal["zero", "linear"] = "linear"
+    # CARD's prior mean f_q(x): "zero" as the reference code, "linear" = a logistic regression fitted on the
+    # noisy labels, "mlp" = a one-hidden-layer network, "auto" = the MLP where it is clearly more accurate
+    # on the held-out labels, else the linear one (models/prior.py); the diffusion is centred at it and
+    # starts from it
+    prior: Literal["zero", "linear", "mlp", "auto"] = "auto"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
     prediction: Literal["eps", "y0"] = "y0"
@@ -200,7 +202,7 @@ class Config:
             (d.readout in ("closest", "argmax"), "diffusion.readout must be 'closest' or 'argmax'"),
             (d.proba_temperature > 0, "diffusion.proba_temperature must be > 0"),
             (d.stochastic_eta >= 0, "diffusion.stochastic_eta must be >= 0"),
-            (d.prior in ("zero", "linear"), "diffusion.prior must be 'zero' or 'linear'"),
+            (d.prior in ("zero", "linear", "mlp", "auto"), "diffusion.prior must be 'zero', 'linear', 'mlp' or 'auto'"),
             (d.prediction in ("eps", "y0"), "diffusion.prediction must be 'eps' or 'y0'"),
             (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
             (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),

@@ -65,7 +65,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     n_samples : 1 = ``predict_proba`` from the deterministic run's closeness scores; > 1 = class
         frequencies over that many stochastic DDIM runs.
     config : a :class:`~lra_diffusion.config.Config` or a nested dict of its sections, for every other
-        setting; the shortcuts above override it.
+        setting; the shortcuts above override it. E.g. ``{"diffusion": {"prior": "linear"}}``: CARD's prior
+        mean f_q is by default (``"auto"``) a logistic regression, or a one-hidden-layer network where that
+        is clearly more accurate on the held-out labels (``fit_info_["prior"]`` says which and why).
     random_state : int, ``np.random.RandomState`` or None; fixes every draw of the fit.
     device : where to train and predict: ``"auto" | "cpu" | "cuda" | "cuda:i"`` (None: the config's
         ``runtime.device``, CPU by default). A runtime choice: it is not saved with the run, and
@@ -213,6 +215,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             "features_sha256": sha256_array(X), "labels_sha256": sha256_array(y_idx),
             "resumed_from_step": result.resumed_from, "retrieval_k": result.neighbours.shape[1],
         }
+        if result.prior is not None:
+            self.fit_info_["prior"] = result.prior
         if k_rule is not None:
             self.fit_info_["k_rule"] = k_rule
         if len(selection) > 1:
@@ -318,7 +322,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         est.n_features_in_ = info["n_features_in"]
         est.seed_ = info["seed"]
         tensors, _ = load_tensors(run_dir / "model.safetensors")
-        model = LabelDenoiser.from_config(len(est.classes_), est.n_features_in_, config)
+        hidden = tensors.get("prior_hidden_weight")  # an MLP prior ("mlp", or chosen by "auto")
+        model = LabelDenoiser.from_config(len(est.classes_), est.n_features_in_, config,
+                                          prior_hidden=0 if hidden is None else hidden.shape[1])
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:

@@ -32,7 +32,7 @@ from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
 from .io import load_tensors, save_tensors, sha256_array
-from .models import LabelDenoiser, fit_prior
+from .models import LabelDenoiser, choose_prior
 from . import distributed
 from .features import FeatureRows, is_mapped, map_chunks
 from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming, neighbour_vote
@@ -58,6 +58,7 @@ class TrainResult:
     # rule turned retrieval off
     neighbours: np.ndarray | None = None
     k_rule: dict | None = None  # the rule's held-out accuracies and choice (None when it did not apply)
+    prior: dict | None = None  # which prior f_q was fitted and its held-out accuracies (None: no prior)
     resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
 
 
@@ -228,16 +229,18 @@ def train(
         model.set_feature_stats(*x_rows.mean_std())  # two chunked passes, float64 sums
     else:
         model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    prior_info = None
     if model.has_prior:
+        how = {"kind": dc.prior, "hidden": config.model.feature_dim, "seed": seed}
         if x is None:  # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
             tr = x_rows.subsample(seed)
             vx, vy = val_features, val_labels
             if isinstance(vx, FeatureRows):
                 va = vx.subsample(seed)
                 vx, vy = vx[va], vy[va]
-            fit_model_prior(model, torch.from_numpy(x_rows[tr]), y_np[tr], vx, vy, gen)
+            prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), y_np[tr], vx, vy, gen, **how)
         else:
-            fit_model_prior(model, x, y_np, val_features, val_labels, gen)
+            prior_info = fit_model_prior(model, x, y_np, val_features, val_labels, gen, **how)
     if x is not None:
         x = to_device(x, dev)
     model.to(dev)
@@ -363,7 +366,7 @@ def train(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
-        resumed_from=resumed_from, k_rule=k_rule,
+        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info,
     )
 
 
@@ -402,15 +405,20 @@ def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float =
 
 
 def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_features: np.ndarray | None,
-                    val_labels: np.ndarray | None, generator: torch.Generator) -> None:
-    """Fit CARD's linear prior f_q on the standardised training features and (noisy) labels, its L2
-    chosen on the validation data, and store it in ``model``."""
+                    val_labels: np.ndarray | None, generator: torch.Generator, *, kind: str = "linear",
+                    hidden: int = 512, seed: int = 0) -> dict:
+    """Fit CARD's prior f_q of ``kind`` (:func:`lra_diffusion.models.choose_prior`) on the standardised
+    training features and (noisy) labels, chosen on the validation data, and store it in ``model``;
+    returns the record of the choice."""
     with torch.no_grad():
         f = model.standardise(x)
         f_val = None if val_features is None else model.standardise(torch.from_numpy(val_features))
     y_val = None if val_labels is None else torch.from_numpy(val_labels)
-    prior = fit_prior(f, torch.from_numpy(y), model.num_classes, f_val=f_val, y_val=y_val, generator=generator)
-    model.set_prior(prior.weight, prior.bias)
+    prior, record = choose_prior(f, torch.from_numpy(y), model.num_classes, kind=kind, f_val=f_val, y_val=y_val,
+                                 hidden=hidden, seed=seed, generator=generator)
+    hidden_layer = None if prior.hidden_weight is None else (prior.hidden_weight, prior.hidden_bias)
+    model.set_prior(prior.weight, prior.bias, hidden_layer)
+    return record
 
 
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

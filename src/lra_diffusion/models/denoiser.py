@@ -35,10 +35,12 @@ class LabelDenoiser(nn.Module):
       (the paper intends a trainable image encoder; ``x_encoder="frozen"`` keeps it a fixed random
       projection, the ablation closest to the official CIFAR script).
 
-    - ``f_q(x) = softmax(f W_q + b_q)``, CARD's prior mean (Han et al. 2022): a frozen linear classifier
-      fitted on the noisy labels before the denoiser trains (:func:`lra_diffusion.models.fit_prior`),
-      stored as buffers ``prior_weight`` (D, C) and ``prior_bias`` (C); it centres the diffusion
-      (:func:`lra_diffusion.diffusion.q_sample`) and is concatenated to ``y_t`` as in CARD.
+    - ``f_q(x) = softmax(h W_q + b_q)``, CARD's prior mean (Han et al. 2022): a frozen classifier fitted
+      on the noisy labels before the denoiser trains (:mod:`lra_diffusion.models.prior`), linear
+      (``h = f``) or with one ReLU hidden layer (``h = relu(f W_h + b_h)``), stored as buffers
+      ``prior_weight`` (D or H, C), ``prior_bias`` (C) and, for the MLP, ``prior_hidden_weight`` (D, H)
+      and ``prior_hidden_bias`` (H); it centres the diffusion (:func:`lra_diffusion.diffusion.q_sample`)
+      and is concatenated to ``y_t`` as in CARD.
 
     ``h1 = softplus(BN(g1[t] W1 [y_t; f_q; f]))`` (``[y_t; f]`` without a prior), ``h = x_e * h1``,
     ``h2 = softplus(BN(g2[t] W2 h))``, ``h3 = softplus(BN(g3[t] W3 h2))``, output ``W4 h3`` (C values);
@@ -52,8 +54,9 @@ class LabelDenoiser(nn.Module):
     feature_dim : F, the hidden width (512 as the paper's CIFAR model).
     timesteps : T.
     x_encoder : "trainable" or "frozen".
-    prior : condition on (and centre the diffusion at) a linear prior mean f_q(x); its weights start
-        at zero (f_q = uniform) until :meth:`set_prior` is called.
+    prior : condition on (and centre the diffusion at) a prior mean f_q(x); its weights start at zero
+        (f_q = uniform) until :meth:`set_prior` is called.
+    prior_hidden : H, the prior's hidden width (0: a linear prior); :meth:`set_prior` may change it.
     prediction : ``"eps"`` or ``"y0"``, what the output estimates (only the residual form depends on it).
     """
 
@@ -66,6 +69,7 @@ class LabelDenoiser(nn.Module):
         timesteps: int = 1000,
         x_encoder: str = "trainable",
         prior: bool = False,
+        prior_hidden: int = 0,
         prediction: str = "eps",
     ):
         super().__init__()
@@ -78,8 +82,11 @@ class LabelDenoiser(nn.Module):
         if x_encoder == "frozen":
             self.encoder_x.requires_grad_(False)
         if prior:
-            self.register_buffer("prior_weight", torch.zeros(input_dim, num_classes))
+            self.register_buffer("prior_weight", torch.zeros(prior_hidden or input_dim, num_classes))
             self.register_buffer("prior_bias", torch.zeros(num_classes))
+            if prior_hidden:
+                self.register_buffer("prior_hidden_weight", torch.zeros(input_dim, prior_hidden))
+                self.register_buffer("prior_hidden_bias", torch.zeros(prior_hidden))
         self.lin1 = ConditionalLinear(num_classes * (2 if prior else 1) + input_dim, feature_dim, timesteps)
         self.norm1 = nn.BatchNorm1d(feature_dim)
         self.lin2 = ConditionalLinear(feature_dim, feature_dim, timesteps)
@@ -97,11 +104,13 @@ class LabelDenoiser(nn.Module):
             nn.init.zeros_(self.lin4.bias)
 
     @classmethod
-    def from_config(cls, num_classes: int, input_dim: int, config) -> LabelDenoiser:
-        """The denoiser a :class:`~lra_diffusion.config.Config` describes (weights from torch's RNG)."""
+    def from_config(cls, num_classes: int, input_dim: int, config, *, prior_hidden: int = 0) -> LabelDenoiser:
+        """The denoiser a :class:`~lra_diffusion.config.Config` describes (weights from torch's RNG);
+        ``prior_hidden``: the fitted prior's hidden width, where it has one (a saved run's tensors say)."""
         return cls(num_classes, input_dim, feature_dim=config.model.feature_dim,
                    timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder,
-                   prior=config.diffusion.prior == "linear", prediction=config.diffusion.prediction)
+                   prior=config.diffusion.prior != "zero", prior_hidden=prior_hidden,
+                   prediction=config.diffusion.prediction)
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feat_mean.copy_(mean)
@@ -110,12 +119,26 @@ class LabelDenoiser(nn.Module):
         # by ~0 blew other values up into inf / NaN and std 1 fed them into untrained weights
         self.feat_std.copy_(torch.where(std > 1e-6, std, torch.full_like(std, float("inf"))))
 
-    def set_prior(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        """Set the prior classifier, weight (D, C) and bias (C) over the *standardised* features."""
+    def set_prior(self, weight: torch.Tensor, bias: torch.Tensor,
+                  hidden: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Set the prior classifier over the *standardised* features: weight (D, C) and bias (C), or with
+        ``hidden = (W_h (D, H), b_h (H,))`` weight (H, C) after a ReLU layer."""
         if not self.has_prior:
             raise ValueError("this denoiser was built without a prior (prior=False)")
-        self.prior_weight.copy_(weight)
-        self.prior_bias.copy_(bias)
+        dev = self.prior_bias.device
+        self.prior_weight = weight.detach().clone().float().to(dev)  # replaces the buffer (its shape may change)
+        self.prior_bias = bias.detach().clone().float().to(dev)
+        for name, value in zip(("prior_hidden_weight", "prior_hidden_bias"), hidden or (None, None)):
+            if value is None:
+                self._buffers.pop(name, None)
+            else:
+                self.register_buffer(name, value.detach().clone().float().to(dev))
+
+    @property
+    def prior_hidden(self) -> int:
+        """H, the prior's hidden width (0: linear or no prior)."""
+        w = self._buffers.get("prior_hidden_weight")
+        return 0 if w is None else w.shape[1]
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D): the fixed input standardisation of the training features."""
@@ -125,7 +148,10 @@ class LabelDenoiser(nn.Module):
         """CARD's prior mean f_q(x), (B, C) class probabilities; None when built without a prior."""
         if not self.has_prior:
             return None
-        return torch.softmax(self.standardise(features) @ self.prior_weight + self.prior_bias, dim=1)
+        h = self.standardise(features)
+        if self.prior_hidden:
+            h = torch.relu(h @ self.prior_hidden_weight + self.prior_hidden_bias)
+        return torch.softmax(h @ self.prior_weight + self.prior_bias, dim=1)
 
     def forward(self, features: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor,
                 prior: torch.Tensor | None = None) -> torch.Tensor:
