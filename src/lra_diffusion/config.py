@@ -45,7 +45,7 @@ class DiffusionConfig:
     # noisy labels, "mlp" = a one-hidden-layer network, "auto" = the MLP where it is clearly more accurate
     # on the held-out labels, else the linear one (models/prior.py); the diffusion is centred at it and
     # starts from it
-    prior: Literal["zero", "linear", "mlp", "auto"] = "auto"
+    prior: Literal["zero", "linear", "mlp", "auto"] = "linear"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
     prediction: Literal["eps", "y0"] = "y0"
