@@ -32,7 +32,7 @@ from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
 from .io import load_tensors, save_tensors, sha256_array
-from .models import LabelDenoiser, choose_prior
+from .models import LabelDenoiser, choose_prior, clearly_better
 from . import distributed
 from .features import FeatureRows, is_mapped, map_chunks
 from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming, neighbour_vote
@@ -400,8 +400,7 @@ def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float =
     more of them than chance allows (``z`` standard deviations, one-sided). A near tie keeps k: where the
     two differ by less, a second fit (``auto_k = "screen"``) changed nothing measured (BENCHMARKS
     "Defaults suite") and would double the fit time."""
-    diff = prior_only - vote_only
-    return diff >= gap * rows and diff > z * math.sqrt(prior_only + vote_only)
+    return prior_only - vote_only >= gap * rows and clearly_better(prior_only, vote_only, z=z)
 
 
 def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_features: np.ndarray | None,
