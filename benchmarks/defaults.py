@@ -155,18 +155,24 @@ QUICK = ("digits-sym-0.4", "synth-2", "b77-sym-0.4", "synth-200")
 
 def label_issues(split: Split, est: LRAClassifier, seed: int) -> dict:
     """F1 and AUROC of ours (package defaults, in-sample) and of cleanlab (5-fold LR) on the training rows."""
-    from lra_diffusion.issues import cleanlab_issues, find_label_issues
+    from lra_diffusion.issues import cleanlab_issues, find_label_issues, issue_metrics
 
     out = {}
+    # ours also reports the AUROC of the closeness and prior scores, whichever "auto" stood for
+    extra = ("closeness", "prior") if est.model_.has_prior else ("closeness",)
     for name, fit in (
-        ("lra", lambda: find_label_issues(split.X_train, split.y_train, estimator=est, cv=None,
+        ("lra", lambda: find_label_issues(split.X_train, split.y_train, estimator=est, cv=None, extra_scores=extra,
                                           true_labels=split.y_train_clean, random_state=seed)),
         ("cleanlab", lambda: cleanlab_issues(split.X_train, split.y_train, true_labels=split.y_train_clean,
                                              random_state=seed)),
     ):
         start = time.perf_counter()
-        m = fit().metrics()
-        out[name] = {"f1": m["f1"], "auroc": m["auroc"], "seconds": time.perf_counter() - start}
+        res = fit()
+        m = res.metrics()
+        out[name] = {"f1": m["f1"], "auroc": m["auroc"], "seconds": time.perf_counter() - start, "score": res.score}
+        if name == "lra":
+            out[name]["auroc_by_score"] = {s: issue_metrics(res.given_label != res.true_label, v,
+                                                            res.is_label_issue)["auroc"] for s, v in res.scores.items()}
     return out
 
 

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_blobs
 from typer.testing import CliRunner
 
@@ -112,12 +113,13 @@ def test_transition_matrices():
 def test_in_sample_scores_find_the_flipped_labels(fitted, noisy_blobs):
     X, y, clean = noisy_blobs
     res = fitted.find_label_issues(X, y, true_labels=clean, extra_scores=SCORES)
-    assert res.score == DEFAULT_SCORE and len(res) == len(y)
+    # "auto" is the closeness score for a model trained with retrieval (k = 10 here)
+    assert DEFAULT_SCORE == "auto" and res.score == "closeness" and len(res) == len(y)
     assert np.array_equal(res.index, np.arange(len(y))) and np.array_equal(res.given_label, y)
-    assert np.array_equal(res.label_quality, res.scores[DEFAULT_SCORE])
+    assert np.array_equal(res.label_quality, res.scores["closeness"])
     assert np.array_equal(res.is_label_issue, res.label_quality < DEFAULT_THRESHOLD)
     assert np.array_equal(res.predicted_label, fitted.predict(X))
-    assert set(res.scores) == {"stochastic", "closeness", "agreement", "mean"}
+    assert set(res.scores) == set(SCORES)
     for s in res.scores.values():
         assert s.shape == (len(y),) and np.all((s >= 0) & (s <= 1))
     m = res.metrics()
@@ -128,6 +130,40 @@ def test_in_sample_scores_find_the_flipped_labels(fitted, noisy_blobs):
     # the ranking puts wrong labels first
     top = res.ranked()[: m["errors"] // 2]
     assert (y[top] != clean[top]).mean() > 0.9
+
+
+def test_prior_score_is_the_prior_probability_of_the_given_label(fitted, noisy_blobs):
+    X, y, clean = noisy_blobs
+    res = fitted.find_label_issues(X, y, score="prior", true_labels=clean)
+    f_q = fitted.model_.prior_mean(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
+    assert res.score == "prior" and np.allclose(res.label_quality, f_q[np.arange(len(y)), y])
+    assert res.metrics()["auroc"] > 0.9  # the prior is a classifier fitted on the noisy labels
+    both = fitted.find_label_issues(X, y, score="closeness_prior")
+    assert set(both.scores) == {"closeness", "prior", "closeness_prior"}
+    assert np.allclose(both.label_quality, (both.scores["closeness"] + both.scores["prior"]) / 2)
+    zero = LRAClassifier(config={**LEARN, "diffusion": {"timesteps": 100, "prior": "zero", "prediction": "eps"},
+                                 "train": {"auto_steps": 20, "auto_epochs": 1, "batch_size": 64}}, random_state=0)
+    zero.fit(X, y)
+    assert zero.find_label_issues(X, y).score == "closeness"  # "auto" without a prior
+    with pytest.raises(InputError, match="the prior score needs a model with a prior"):
+        zero.find_label_issues(X, y, score="prior")
+
+
+def test_auto_score_adds_the_prior_where_the_model_trained_on_the_given_labels_alone(noisy_blobs):
+    """k = 0 in-sample: the denoiser has seen the labels it judges, the linear prior hardly fits them."""
+    X, y, clean = noisy_blobs
+    no_retrieval = {**LEARN, "retrieval": {"k": 0}}
+    est = LRAClassifier(config=no_retrieval, random_state=0).fit(X, y)
+    res = est.find_label_issues(X, y, true_labels=clean)
+    assert res.score == "closeness_prior" and set(res.scores) == {"closeness", "prior", "closeness_prior"}
+    assert np.array_equal(res.label_quality, (res.scores["closeness"] + res.scores["prior"]) / 2)
+    assert np.array_equal(res.is_label_issue, res.label_quality < DEFAULT_THRESHOLD)
+    assert res.metrics()["auroc"] > 0.9
+    # out-of-sample folds score labels no fold model saw: "auto" is the closeness score there
+    assert find_label_issues(X, y, estimator=LRAClassifier(config=no_retrieval, random_state=0), cv=2).score == "closeness"
+    # the MLP prior fits its training labels (all of them on CIFAR-10N aggre): not blended in
+    mlp = LRAClassifier(config={**no_retrieval, "diffusion": {"timesteps": 100, "prior": "mlp"}}, random_state=0)
+    assert mlp.fit(X, y).find_label_issues(X, y).score == "closeness"
 
 
 def test_stochastic_score_is_a_frequency_and_seeded(fitted, noisy_blobs):
@@ -318,10 +354,11 @@ def test_only_the_needed_scores_are_computed(fitted, noisy_blobs, monkeypatch):
     monkeypatch.setattr(issues, "predict_y0", predict)
     monkeypatch.setattr(issues, "agreement_scores", agreement)
     assert set(fitted.find_label_issues(X, y).scores) == {"closeness"} and calls == {"stochastic": 0, "knn": 0}
+    assert set(fitted.find_label_issues(X, y, score="prior").scores) == {"closeness", "prior"}
     assert set(fitted.find_label_issues(X, y, score="agreement").scores) == {"closeness", "agreement"}
     assert calls == {"stochastic": 0, "knn": 1}
     res = fitted.find_label_issues(X, y, score="mean", n_samples=3)
-    assert set(res.scores) == set(SCORES) and calls == {"stochastic": 3, "knn": 2}
+    assert set(res.scores) == {"closeness", "stochastic", "agreement", "mean"} and calls == {"stochastic": 3, "knn": 2}
     assert np.allclose(res.label_quality, (res.scores["closeness"] + res.scores["stochastic"]
                                            + res.scores["agreement"]) / 3)
     with pytest.raises(InputError, match="unknown score 'nope'"):

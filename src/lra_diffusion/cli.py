@@ -282,7 +282,8 @@ def run_images(
                                                     "(fitted on the unlabelled training features) before training.")] = None,
     device: Annotated[str, typer.Option(help="Encoder device: auto | cpu | cuda | cuda:I.")] = "cpu",
     cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
-    score: Annotated[str, typer.Option(help="Label-issue score: closeness | stochastic | agreement | mean.")] = "closeness",
+    score: Annotated[str, typer.Option(help="Label-issue score: auto | closeness | stochastic | agreement | prior | "
+                                               "closeness_prior | mean (docs/label-issues.md).")] = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Flag label scores below this (default 0.5).")] = None,
     noise_rate: Annotated[Optional[float], typer.Option(help="Instead of a threshold: flag this fraction.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run of other inputs in --out.")] = False,
@@ -467,7 +468,8 @@ def issues(
     labels: Annotated[Path, typer.Option(help="Their given (noisy) labels, .npy (N,).")],
     out: Annotated[Path, typer.Option(help="Output CSV: index,is_label_issue,label_quality,given_label,predicted_label.")],
     true_labels: Annotated[Optional[Path], typer.Option(help="Clean labels .npy (N,): also print precision, recall, F1, AUROC.")] = None,
-    score: Annotated[str, typer.Option(help="stochastic | closeness | agreement | mean.")] = "closeness",
+    score: Annotated[str, typer.Option(help="auto | closeness | stochastic | agreement | prior | closeness_prior | "
+                                               "mean (docs/label-issues.md).")] = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores below this (default 0.5).")] = None,
     noise_rate: Annotated[Optional[float], typer.Option(help="Instead of a threshold: flag this fraction, lowest scores first.")] = None,
     cv: Annotated[Optional[int], typer.Option(help="Out-of-sample scores from K fresh fits (default: the run's model, in-sample).")] = None,
@@ -498,7 +500,7 @@ def issues(
     result.to_csv(out)
     flagged = int(result.is_label_issue.sum())
     how = "in-sample" if cv is None else f"out-of-sample, {cv} folds"
-    typer.echo(f"scored {len(result)} labels ({score}, {how}); flagged {flagged} ({flagged / len(result):.2%}); wrote {out}")
+    typer.echo(f"scored {len(result)} labels ({result.score}, {how}); flagged {flagged} ({flagged / len(result):.2%}); wrote {out}")
     if t is not None:
         m = result.metrics()
         typer.echo(f"{'':>10}  precision  recall      F1   AUROC")

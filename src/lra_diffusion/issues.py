@@ -1,6 +1,6 @@
 """Finding wrong training labels: per-sample label-quality scores, flag rules and their metrics.
 
-A trained LRA-diffusion model gives a distribution over labels for every sample. Three scores turn it
+A trained LRA-diffusion model gives a distribution over labels for every sample. These scores turn it
 into "how likely is the given label correct" (higher = more likely correct), each in [0, 1]:
 
 * ``stochastic``: the fraction of ``n_samples`` stochastic DDIM runs (y_T ~ N(0, I)) whose read-out
@@ -9,8 +9,15 @@ into "how likely is the given label correct" (higher = more likely correct), eac
   ``softmax(-(y0 - 1)^2 / temperature)[i, given_i]`` (``predict_proba(n_samples=1)``).
 * ``agreement``: the retrieval step's neighbour agreement, the fraction of the k+1 candidates (own label
   and the k neighbours' labels in f_p space) equal to the given label. It needs no trained model.
+* ``prior``: CARD's prior mean f_q(x)'s probability of the given label (the model's untrained start, a
+  classifier fitted on the noisy labels before the denoiser trains); only for models with a prior.
+* ``closeness_prior``: the mean of ``closeness`` and ``prior``.
+* ``mean``: the mean of ``closeness``, ``stochastic`` and ``agreement``.
 
-``DEFAULT_SCORE`` is the documented default (see docs/label-issues.md for the measurement behind it).
+``DEFAULT_SCORE`` is ``"auto"``: ``closeness_prior`` for a model that trained on the given labels alone
+(k = 0) with the linear prior and is scored in-sample, else ``closeness`` (see docs/label-issues.md for
+the measurements behind it: a k = 0 denoiser partly memorises the labels it is then asked to judge, the
+L2-regularised linear prior hardly does).
 A flag rule turns scores into a boolean mask: ``score < threshold`` (default :data:`DEFAULT_THRESHOLD`),
 or the ``round(noise_rate * N)`` lowest scores when an expected noise rate is given.
 
@@ -42,9 +49,9 @@ from .retrieval import NeighbourLabelSampler, knn
 if TYPE_CHECKING:
     from .estimator import LRAClassifier
 
-Score = Literal["stochastic", "closeness", "agreement", "mean"]
-SCORES: tuple[str, ...] = ("stochastic", "closeness", "agreement", "mean")
-DEFAULT_SCORE: Score = "closeness"
+Score = Literal["auto", "stochastic", "closeness", "agreement", "prior", "closeness_prior", "mean"]
+SCORES: tuple[str, ...] = ("stochastic", "closeness", "agreement", "prior", "closeness_prior", "mean")
+DEFAULT_SCORE: Score = "auto"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_CV: int | None = None
 DEFAULT_N_SAMPLES = 20
@@ -194,11 +201,13 @@ def agreement_scores(features: np.ndarray, labels: np.ndarray, *, k: int, metric
 
 
 def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samples: int = DEFAULT_N_SAMPLES,
-                 generator: torch.Generator | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 prior: bool = False, generator: torch.Generator | None = None,
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The model's scores of the given labels ``y_idx`` (N,) (indices into ``est.classes_``) for X (N, D).
 
-    Returns ``({"closeness": (N,)[, "stochastic": (N,)]}, predicted class indices (N,))``; the stochastic
-    score only when ``n_samples >= 1`` (it costs ``n_samples`` more DDIM runs).
+    Returns ``({"closeness": (N,)[, "stochastic": (N,)][, "prior": (N,)]}, predicted class indices (N,))``;
+    the stochastic score only when ``n_samples >= 1`` (it costs ``n_samples`` more DDIM runs), the prior's
+    probability of the given label only with ``prior=True``.
     """
     dc = est.config_.diffusion
     rows = np.arange(len(X))
@@ -214,7 +223,28 @@ def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samp
             y0_s = predict_y0(est.model_, X, dc, stochastic=True, generator=generator)
             hits += readout(y0_s, dc.readout).numpy() == y_idx
         scores["stochastic"] = hits / n_samples
+    if prior:
+        if not est.model_.has_prior:
+            raise InputError('the prior score needs a model with a prior (diffusion.prior other than "zero")')
+        with torch.no_grad():
+            f_q = est.model_.prior_mean(torch.as_tensor(np.asarray(X, dtype=np.float32)))
+        scores["prior"] = f_q.double().numpy()[rows, y_idx]
     return scores, pred
+
+
+def resolve_score(score: str, est: LRAClassifier | None) -> str:
+    """The score ``"auto"`` stands for with the fitted ``est`` scored in-sample (None: out-of-sample folds).
+
+    ``closeness_prior`` where the model trained on the given labels alone (k = 0) with the linear prior:
+    its denoiser partly memorises the labels it is then asked to judge (measured on CIFAR-10N aggre,
+    k-means features: 87% of the noisy training labels reproduced against 64% of held-out ones), while the
+    L2-regularised linear prior hardly does (67% against 63%). Else ``closeness``; any other name as given.
+    """
+    if score != "auto":
+        return score
+    if est is not None and est.config_.retrieval.k == 0 and est.model_.has_prior and est.model_.prior_hidden == 0:
+        return "closeness_prior"
+    return "closeness"
 
 
 def _check_inputs(X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -256,8 +286,9 @@ def find_label_issues(
         trained (fitted on X, y first if it is not fitted yet); with ``cv=K`` unfitted clones of it are
         fitted on the folds. None: ``LRAClassifier(random_state=random_state)``.
     cv : None = in-sample scores from one model; K >= 2 = out-of-sample scores from K stratified folds.
-    score : ``stochastic`` | ``closeness`` | ``agreement`` | ``mean`` (mean of the three); it becomes
-        ``label_quality``.
+    score : ``auto`` (default, see :func:`resolve_score`) | ``closeness`` | ``stochastic`` | ``agreement`` |
+        ``prior`` | ``closeness_prior`` | ``mean``; it becomes ``label_quality`` and the result's ``score``
+        says which one ``auto`` stood for.
     threshold, noise_rate : the flag rule (see :func:`flag_issues`).
     n_samples : stochastic DDIM runs for the ``stochastic`` score.
     extra_scores : other scores to compute too (e.g. ``SCORES`` for all); every computed score is kept in
@@ -272,12 +303,9 @@ def find_label_issues(
     """
     from .estimator import LRAClassifier
 
-    wanted = {score, *extra_scores}
-    if not wanted <= set(SCORES):
-        raise InputError(f"unknown score {sorted(wanted - set(SCORES))[0]!r}; valid: {list(SCORES)}")
-    if "mean" in wanted:
-        wanted |= {"closeness", "stochastic", "agreement"}
-    n_runs = n_samples if "stochastic" in wanted else 0
+    if score not in ("auto", *SCORES) or not set(extra_scores) <= set(SCORES):
+        bad = score if score not in ("auto", *SCORES) else sorted(set(extra_scores) - set(SCORES))[0]
+        raise InputError(f"unknown score {bad!r}; valid: {['auto', *SCORES]}")
     if cv is not None and (not isinstance(cv, (int, np.integer)) or cv < 2):
         raise InputError(f"cv must be None (in-sample) or an integer >= 2, got {cv!r}")
     if n_samples < 1:
@@ -289,19 +317,28 @@ def find_label_issues(
             raise InputError(f"true labels have {len(true_labels)} entries but labels have {len(y)}")
     est = estimator if estimator is not None else LRAClassifier(random_state=random_state)
     gen = torch.Generator().manual_seed(random_state)
-
     if cv is None:
         try:
             check_is_fitted(est)
         except NotFittedError:  # fit on the data to score
             est.fit(X, y)
+    score = resolve_score(score, est if cv is None else None)
+    wanted = {score, *extra_scores}
+    if "mean" in wanted:
+        wanted |= {"closeness", "stochastic", "agreement"}
+    if "closeness_prior" in wanted:
+        wanted |= {"prior"}
+    n_runs = n_samples if "stochastic" in wanted else 0
+    want_prior = "prior" in wanted
+
+    if cv is None:
         classes = est.classes_
         unknown = np.setdiff1d(y, classes)
         if len(unknown):
             raise InputError(f"labels {unknown[:5].tolist()} are not among the model's classes {classes[:10].tolist()}")
         Xc = est._check_X(X, reset=False)
         y_idx = np.searchsorted(classes, y)
-        scores, pred_idx = model_scores(est, Xc, y_idx, n_samples=n_runs, generator=gen)
+        scores, pred_idx = model_scores(est, Xc, y_idx, n_samples=n_runs, prior=want_prior, generator=gen)
         predicted = classes[pred_idx]
         k = est.config_.retrieval.k
         rc = est.config_.retrieval
@@ -311,7 +348,8 @@ def find_label_issues(
         if counts.min() < cv:
             raise InputError(f"cv={cv} folds need at least {cv} samples of every class; "
                              f"class {classes[np.argmin(counts)]!r} has {counts.min()}")
-        scores = {name: np.zeros(len(y)) for name in ("closeness", "stochastic")[: 2 if n_runs else 1]}
+        names = ["closeness"] + ["stochastic"] * bool(n_runs) + ["prior"] * want_prior
+        scores = {name: np.zeros(len(y)) for name in names}
         predicted = np.empty(len(y), dtype=classes.dtype)
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
         fold_est = None
@@ -320,7 +358,7 @@ def find_label_issues(
             known = np.isin(y[held_rows], fold_est.classes_)  # stratified folds keep every class; be safe
             y_idx = np.searchsorted(fold_est.classes_, y[held_rows]).clip(0, len(fold_est.classes_) - 1)
             Xh = fold_est._check_X(X[held_rows], reset=False)
-            s, pred_idx = model_scores(fold_est, Xh, y_idx, n_samples=n_runs, generator=gen)
+            s, pred_idx = model_scores(fold_est, Xh, y_idx, n_samples=n_runs, prior=want_prior, generator=gen)
             for name in scores:
                 scores[name][held_rows] = np.where(known, s[name], 0.0)
             predicted[held_rows] = fold_est.classes_[pred_idx]
@@ -333,6 +371,8 @@ def find_label_issues(
                                                k=k, metric=rc.metric, backend=rc.backend)
     if "mean" in wanted:
         scores["mean"] = (scores["closeness"] + scores["stochastic"] + scores["agreement"]) / 3
+    if "closeness_prior" in wanted:
+        scores["closeness_prior"] = (scores["closeness"] + scores["prior"]) / 2
     quality = scores[score]
     return LabelIssues(
         index=np.arange(len(y), dtype=np.int64), given_label=y, predicted_label=predicted,

@@ -263,8 +263,10 @@ def run(
     issues = finished_issues(out, scoring.key, job.y) if reused else None
     with stages("issues", f"reusing {out / 'issues.csv'}" if issues is not None else
                 f"scoring {len(job.y)} training labels ({score})"):
-        issues = issues if issues is not None else score_issues(job, feats.X, est, scoring, out=out)
-        issues.score = score
+        if issues is None:
+            issues = score_issues(job, feats.X, est, scoring, out=out)
+        else:  # the CSV does not say which score it holds; metrics.json does
+            issues.score = read_json(out / "metrics.json").get("label_issue_score", score)
         issue_metrics = issues.metrics() if job.truth is not None else None
     with stages("report", "writing report.html"):
         write_run_report(out, job, est, issues, test_acc=test_acc, issue_metrics=issue_metrics, scoring=scoring,
@@ -500,7 +502,7 @@ def write_run_report(out: Path, job: RunJob, est: LRAClassifier, issues: LabelIs
     metrics = {k: v for k, v in read_json(out / "metrics.json").items() if not k.startswith(PIPELINE_METRICS)}
     # flat keys, so the report's run summary lists them one per row
     ours = {"test_accuracy": test_acc, "n_test": len(job.test_set) if job.test_set is not None else None,
-            "label_issue_score": scoring.score, "label_issues_flagged": int(issues.is_label_issue.sum()),
+            "label_issue_score": issues.score, "label_issues_flagged": int(issues.is_label_issue.sum()),
             **{f"label_issue_{k}": _finite(v) for k, v in (issue_metrics or {}).items()
                if k in ("precision", "recall", "f1", "auroc")},
             "label_issues_sha256": scoring.key,  # what issues.csv was scored with (hidden in the report)
