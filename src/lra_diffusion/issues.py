@@ -55,6 +55,7 @@ DEFAULT_SCORE: Score = "auto"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_CV: int | None = None
 DEFAULT_N_SAMPLES = 20
+PRIOR_BLOCK = 65536  # rows per block of the prior score
 CSV_COLUMNS = ("index", "is_label_issue", "label_quality", "given_label", "predicted_label")
 
 
@@ -226,8 +227,11 @@ def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samp
     if prior:
         if not est.model_.has_prior:
             raise InputError('the prior score needs a model with a prior (diffusion.prior other than "zero")')
-        with torch.no_grad():
-            f_q = est.model_.prior_mean(torch.as_tensor(np.asarray(X, dtype=np.float32)))
+        dev = est.model_.prior_bias.device  # where the model's weights are (a GPU after a GPU fit)
+        with torch.no_grad():  # in row blocks: standardising a (1M, D) copy at once would double the memory
+            f_q = torch.cat([est.model_.prior_mean(torch.as_tensor(np.asarray(X[i : i + PRIOR_BLOCK], dtype=np.float32),
+                                                                   device=dev)).cpu()
+                             for i in range(0, len(X), PRIOR_BLOCK)])
         scores["prior"] = f_q.double().numpy()[rows, y_idx]
     return scores, pred
 
