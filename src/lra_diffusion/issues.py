@@ -41,6 +41,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
+from .device import batches_to_device
 from .errors import InputError
 from .evaluate import closeness_proba, predict_y0, readout
 from .io import atomic_write
@@ -227,11 +228,10 @@ def model_scores(est: LRAClassifier, X: np.ndarray, y_idx: np.ndarray, *, n_samp
     if prior:
         if not est.model_.has_prior:
             raise InputError('the prior score needs a model with a prior (diffusion.prior other than "zero")')
+        x = np.asarray(X, dtype=np.float32)
         dev = est.model_.prior_bias.device  # where the model's weights are (a GPU after a GPU fit)
         with torch.no_grad():  # in row blocks: standardising a (1M, D) copy at once would double the memory
-            f_q = torch.cat([est.model_.prior_mean(torch.as_tensor(np.asarray(X[i : i + PRIOR_BLOCK], dtype=np.float32),
-                                                                   device=dev)).cpu()
-                             for i in range(0, len(X), PRIOR_BLOCK)])
+            f_q = torch.cat([est.model_.prior_mean(xb).cpu() for xb in batches_to_device(x, PRIOR_BLOCK, dev)])
         scores["prior"] = f_q.double().numpy()[rows, y_idx]
     return scores, pred
 

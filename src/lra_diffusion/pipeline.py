@@ -263,10 +263,7 @@ def run(
     issues = finished_issues(out, scoring.key, job.y) if reused else None
     with stages("issues", f"reusing {out / 'issues.csv'}" if issues is not None else
                 f"scoring {len(job.y)} training labels ({score})"):
-        if issues is None:
-            issues = score_issues(job, feats.X, est, scoring, out=out)
-        else:  # the CSV does not say which score it holds; metrics.json does
-            issues.score = read_json(out / "metrics.json").get("label_issue_score", score)
+        issues = issues if issues is not None else score_issues(job, feats.X, est, scoring, out=out)
         issue_metrics = issues.metrics() if job.truth is not None else None
     with stages("report", "writing report.html"):
         write_run_report(out, job, est, issues, test_acc=test_acc, issue_metrics=issue_metrics, scoring=scoring,
@@ -802,10 +799,11 @@ def finished_fit(out: Path, inputs: dict) -> LRAClassifier | None:
 def finished_issues(out: Path, key: str, y: np.ndarray) -> LabelIssues | None:
     """The ``issues.csv`` of a reused fit when it was scored with the same settings (``key``), else None."""
     try:
-        recorded = read_json(out / "metrics.json").get("label_issues_sha256")
-        if recorded != key or not (out / "issues.csv").is_file():
+        metrics = read_json(out / "metrics.json")
+        if metrics.get("label_issues_sha256") != key or not (out / "issues.csv").is_file():
             return None
         issues = LabelIssues.from_csv(out / "issues.csv")
+        issues.score = metrics.get("label_issue_score", issues.score)  # the CSV does not say which score it holds
     except (InputError, AttributeError):
         return None
     if len(issues) != len(y) or not np.array_equal(issues.given_label, y):
