@@ -158,8 +158,8 @@ def label_issues(split: Split, est: LRAClassifier, seed: int) -> dict:
     from lra_diffusion.issues import cleanlab_issues, find_label_issues, issue_metrics
 
     out = {}
-    # ours also reports the AUROC of the closeness and prior scores, whichever "auto" stood for
-    extra = ("closeness", "prior") if est.model_.has_prior else ("closeness",)
+    # ours also reports the AUROC of the closeness, prior and blended scores, whichever "auto" stood for
+    extra = ("closeness", "prior", "closeness_prior") if est.model_.has_prior else ("closeness",)
     for name, fit in (
         ("lra", lambda: find_label_issues(split.X_train, split.y_train, estimator=est, cv=None, extra_scores=extra,
                                           true_labels=split.y_train_clean, random_state=seed)),

@@ -165,9 +165,10 @@ def test_auto_score_adds_the_prior_where_the_model_trained_on_the_given_labels_a
     assert res.metrics()["auroc"] > 0.9
     # out-of-sample folds score labels no fold model saw: "auto" is the closeness score there
     assert find_label_issues(X, y, estimator=LRAClassifier(config=no_retrieval, random_state=0), cv=2).score == "closeness"
-    # the MLP prior fits its training labels (all of them on CIFAR-10N aggre): not blended in
+    # an MLP prior (its weight decay chosen on the held-out labels) is blended in as well
     mlp = LRAClassifier(config={**no_retrieval, "diffusion": {"timesteps": 100, "prior": "mlp"}}, random_state=0)
-    assert mlp.fit(X, y).find_label_issues(X, y).score == "closeness"
+    assert mlp.fit(X, y).model_.prior_hidden > 0
+    assert mlp.find_label_issues(X, y).score == "closeness_prior"
 
 
 def test_stochastic_score_is_a_frequency_and_seeded(fitted, noisy_blobs):

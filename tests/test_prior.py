@@ -156,6 +156,39 @@ def test_mlp_prior_is_seeded_by_its_own_seed_and_draws_nothing_from_the_callers_
     assert a.epoch >= 1 and a.val_accuracy == float((a.logits(fv).argmax(1) == yv).float().mean())
 
 
+@pytest.mark.parametrize("a_only,b_only,clear", [
+    (5, 0, False),    # p = 1/32 = 0.031 > 0.0228: the normal approximation (5 > 2 sqrt 5) passed it
+    (6, 0, True),     # p = 0.016
+    (20, 9, False),   # p = 0.031; normal approximation: 11 > 10.77, passed
+    (21, 7, True),    # p = 0.006
+    (130, 100, False),  # 2.0 standard deviations, not more
+    (264, 188, True),
+    (0, 0, False),
+])
+def test_clearly_better_is_an_exact_sign_test_at_two_standard_deviations(a_only, b_only, clear):
+    from lra_diffusion.models import clearly_better
+
+    assert clearly_better(a_only, b_only) is clear
+    assert clearly_better(b_only, a_only) is False
+
+
+def test_mlp_prior_weight_decay_is_chosen_on_the_held_out_labels():
+    from lra_diffusion.models import choose_prior, fit_mlp_prior
+
+    f, y, fv, yv = _standardised(*xor_problem(), 1000)
+    kw = dict(f_val=fv, y_val=yv, hidden=16, seed=3)
+    strong, weak = (fit_mlp_prior(f, y, 2, weight_decays=(wd,), **kw) for wd in (1e-2, 1e-4))
+    both = fit_mlp_prior(f, y, 2, weight_decays=(1e-2, 1e-4), **kw)
+    kept = strong if strong.val_accuracy >= weak.val_accuracy else weak  # ties: the stronger decay
+    assert both.l2 == kept.l2 and both.val_accuracy == kept.val_accuracy
+    torch.testing.assert_close(both.logits(fv), kept.logits(fv), rtol=0, atol=0)
+    # a decay that flattens the network loses to one that does not, whichever comes first
+    for grid in ((10.0, 1e-4), (1e-4, 10.0)):
+        assert fit_mlp_prior(f, y, 2, weight_decays=grid, **kw).l2 == 1e-4
+    rec = choose_prior(f, y, 2, kind="mlp", **kw)[1]
+    assert rec["mlp_weight_decay"] == both.l2
+
+
 def test_denoiser_switches_between_linear_and_mlp_priors():
     model = LabelDenoiser(2, 6, feature_dim=16, timesteps=50, prior=True).eval()
     f = torch.randn(8, 6)

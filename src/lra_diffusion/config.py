@@ -42,10 +42,10 @@ class DiffusionConfig:
     proba_temperature: float = 0.1  # predict_proba = softmax(-(y0 - 1)^2 / temperature)
     stochastic_eta: float = 1.0  # eta of the stochastic runs (n_samples > 1), which start from N(f_q, I)
     # CARD's prior mean f_q(x): "zero" as the reference code, "linear" = a logistic regression fitted on the
-    # noisy labels, "mlp" = a one-hidden-layer network, "auto" = the MLP where it is clearly more accurate
-    # on the held-out labels, else the linear one (models/prior.py); the diffusion is centred at it and
-    # starts from it
-    prior: Literal["zero", "linear", "mlp", "auto"] = "linear"
+    # noisy labels, "mlp" = a one-hidden-layer network (weight decay chosen on the held-out labels),
+    # "auto" (default) = the MLP where it is clearly more accurate on the held-out labels, else the linear
+    # one (models/prior.py); the diffusion is centred at it and starts from it
+    prior: Literal["zero", "linear", "mlp", "auto"] = "auto"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
     prediction: Literal["eps", "y0"] = "y0"

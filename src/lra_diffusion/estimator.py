@@ -65,10 +65,10 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     n_samples : 1 = ``predict_proba`` from the deterministic run's closeness scores; > 1 = class
         frequencies over that many stochastic DDIM runs.
     config : a :class:`~lra_diffusion.config.Config` or a nested dict of its sections, for every other
-        setting; the shortcuts above override it. E.g. ``{"diffusion": {"prior": "auto"}}``: CARD's prior
-        mean f_q becomes a one-hidden-layer network where that is clearly more accurate than the default
-        logistic regression on the held-out labels (``fit_info_["prior"]`` says which and why; an option,
-        not the default: README, "How the defaults are chosen").
+        setting; the shortcuts above override it. E.g. ``{"diffusion": {"prior": "linear"}}``: CARD's
+        prior mean f_q is always the logistic regression; by default (``"auto"``) it is a one-hidden-layer
+        network where that is clearly more accurate on the held-out labels (``fit_info_["prior"]`` says
+        which and why; README, "How the defaults are chosen").
     random_state : int, ``np.random.RandomState`` or None; fixes every draw of the fit.
     device : where to train and predict: ``"auto" | "cpu" | "cuda" | "cuda:i"`` (None: the config's
         ``runtime.device``, CPU by default). A runtime choice: it is not saved with the run, and

@@ -397,9 +397,10 @@ def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray,
 def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float = 2.0, gap: float = 0.01) -> bool:
     """Is the k-NN vote clearly below the prior on the ``rows`` scored? Both: at least ``gap`` (1 point)
     below, and McNemar's sign test on the rows where exactly one of the two is right says the prior wins
-    more of them than chance allows (``z`` standard deviations, one-sided). A near tie keeps k: where the
-    two differ by less, a second fit (``auto_k = "screen"``) changed nothing measured (BENCHMARKS
-    "Defaults suite") and would double the fit time."""
+    more of them than chance allows (:func:`~lra_diffusion.models.clearly_better`: exact, one-sided, at
+    the level of ``z`` standard deviations). A near tie keeps k: where the two differ by less, a second
+    fit (``auto_k = "screen"``) changed nothing measured (BENCHMARKS "Defaults suite") and would double
+    the fit time."""
     return prior_only - vote_only >= gap * rows and clearly_better(prior_only, vote_only, z=z)
 
 
