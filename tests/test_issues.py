@@ -368,3 +368,10 @@ def test_only_the_needed_scores_are_computed(fitted, noisy_blobs, monkeypatch):
                                            + res.scores["agreement"]) / 3)
     with pytest.raises(InputError, match="unknown score 'nope'"):
         fitted.find_label_issues(X, y, extra_scores=["nope"])
+
+
+def test_cli_score_help_lists_every_score():
+    from lra_diffusion.cli import SCORE_HELP
+    from lra_diffusion.issues import SCORES
+
+    assert set(SCORE_HELP.split(" (")[0].split(" | ")) == {"auto", *SCORES}

@@ -20,6 +20,9 @@ import typer
 
 from .errors import InputError
 
+# issues.SCORES with "auto", spelled out so that `lra --help` does not import torch
+SCORE_HELP = "auto | closeness | stochastic | agreement | prior | closeness_prior | mean (docs/label-issues.md)."
+
 app = typer.Typer(
     help="LRA-diffusion: learn from noisy labels with label-retrieval-augmented diffusion.",
     no_args_is_help=True,
@@ -283,8 +286,7 @@ def run_images(
                                                     "(fitted on the unlabelled training features) before training.")] = None,
     device: Annotated[str, typer.Option(help="Encoder device: auto | cpu | cuda | cuda:I.")] = "cpu",
     cache_dir: Annotated[Path, typer.Option(help="Feature cache directory.")] = Path("cache/features"),
-    score: Annotated[str, typer.Option(help="Label-issue score: auto | closeness | stochastic | agreement | prior | "
-                                               "closeness_prior | mean (docs/label-issues.md).")] = "auto",
+    score: Annotated[str, typer.Option(help=f"Label-issue score: {SCORE_HELP}")] = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Flag label scores below this (default 0.5).")] = None,
     noise_rate: Annotated[Optional[float], typer.Option(help="Instead of a threshold: flag this fraction.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run of other inputs in --out.")] = False,
@@ -469,8 +471,7 @@ def issues(
     labels: Annotated[Path, typer.Option(help="Their given (noisy) labels, .npy (N,).")],
     out: Annotated[Path, typer.Option(help="Output CSV: index,is_label_issue,label_quality,given_label,predicted_label.")],
     true_labels: Annotated[Optional[Path], typer.Option(help="Clean labels .npy (N,): also print precision, recall, F1, AUROC.")] = None,
-    score: Annotated[str, typer.Option(help="auto | closeness | stochastic | agreement | prior | closeness_prior | "
-                                               "mean (docs/label-issues.md).")] = "auto",
+    score: Annotated[str, typer.Option(help=SCORE_HELP)] = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores below this (default 0.5).")] = None,
     noise_rate: Annotated[Optional[float], typer.Option(help="Instead of a threshold: flag this fraction, lowest scores first.")] = None,
     cv: Annotated[Optional[int], typer.Option(help="Out-of-sample scores from K fresh fits (default: the run's model, in-sample).")] = None,

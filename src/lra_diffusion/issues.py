@@ -308,9 +308,9 @@ def find_label_issues(
     """
     from .estimator import LRAClassifier
 
-    if score not in ("auto", *SCORES) or not set(extra_scores) <= set(SCORES):
-        bad = score if score not in ("auto", *SCORES) else sorted(set(extra_scores) - set(SCORES))[0]
-        raise InputError(f"unknown score {bad!r}; valid: {['auto', *SCORES]}")
+    bad = [score] * (score not in ("auto", *SCORES)) + sorted(set(extra_scores) - set(SCORES))
+    if bad:
+        raise InputError(f"unknown score {bad[0]!r}; valid: {['auto', *SCORES]}")
     if cv is not None and (not isinstance(cv, (int, np.integer)) or cv < 2):
         raise InputError(f"cv must be None (in-sample) or an integer >= 2, got {cv!r}")
     if n_samples < 1:
