@@ -16,6 +16,7 @@ from lra_diffusion.benchmark import (
     cifar10_table,
     replace_section,
     run_baselines,
+    run_lra,
 )
 from lra_diffusion.cli import app
 
@@ -45,6 +46,18 @@ def test_baselines_run_on_a_small_split():
     assert set(out) == {"linear", "knn", "ceiling_linear", "ceiling_mlp"}
     assert all(0.5 < r["test_accuracy"] <= 1 for r in out.values())
 
+
+
+def test_lra_record_says_which_k_and_prior_the_defaults_kept():
+    X, y = blobs(500)
+    noisy = y.copy()
+    noisy[:100] = (noisy[:100] + 1) % 3
+    split = Split(X[:350], noisy[:350], y[:350], X[350:420], noisy[350:420], X[420:], y[420:], val_is_clean=False)
+    record = run_lra(split, config={"train": {"epochs": 2}}, seed=0)
+    info = json.loads(json.dumps(record))["fit_info"]  # JSON-ready, as the benchmark writes it
+    assert info["retrieval_k"] in (0, 10)
+    assert info["prior"]["kind"] in ("linear", "mlp")
+    assert info["k_rule"]["k"] in (0, 10)
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/cifar10 is not beside the repo")
 def test_cifar10_protocols():

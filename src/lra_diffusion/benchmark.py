@@ -182,6 +182,9 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False, retur
         "retrieval_clean_draw_fraction": clean_draw,
         "retrieval_vote_accuracy": float((vote == split.y_train_clean).mean()),
         "train_noise_rate": float((split.y_train != split.y_train_clean).mean()),
+        # what the defaults chose: the kept k (0 where the k check's second fit won), the prior, the check
+        "fit_info": {key: est.fit_info_[key] for key in ("retrieval_k", "prior", "k_rule", "k_selection")
+                     if key in est.fit_info_},
     }
     return (record, est) if return_model else record
 
