@@ -11,8 +11,9 @@ Settings (every method sees the same features, the same noisy labels and the sam
 
 Methods: the harness baselines (:mod:`lra_diffusion.benchmark`: linear and 2-layer MLP
 cross-entropy heads, 10-NN vote, cleanlab's ``CleanLearning`` around the linear head, clean-label
-ceilings) and LRA-diffusion with the package defaults (``LRAClassifier()``, no options). Label issues on the training rows: ours from
-:func:`lra_diffusion.issues.find_label_issues` (in-sample, the package defaults) and cleanlab's from
+ceilings) and LRA-diffusion with the package defaults (``LRAClassifier()``, no options; until 2026-12-06
+Banking77 ran a hand-made budget instead, 8,000 steps at lr 3e-3). Label issues on the training rows: ours
+from :func:`lra_diffusion.issues.find_label_issues` (in-sample, the package defaults) and cleanlab's from
 :func:`lra_diffusion.issues.cleanlab_issues` (5-fold out-of-sample logistic regression), both scored
 against the known clean labels (precision / recall / F1 of the flags, AUROC of the scores).
 
@@ -47,8 +48,6 @@ SETTINGS = ("ag-news", "b77-sym-0.2", "b77-sym-0.4", "b77-inst-0.4")
 HOLDOUT_FRACTION = 0.1
 
 # The NoisyAG-News ablation: one change from the package defaults per row (name, config changes).
-# (Until 2026-12-06 Banking77 ran a hand-made budget, 8,000 steps at lr 3e-3; every setting now runs the
-# package defaults, whose training length adapts to the number of classes.)
 ABLATION: list[tuple[str, dict]] = [
     ("package defaults", {}),
     ("no retrieval (k=0): diffusion on the noisy labels alone", {"retrieval": {"k": 0}}),

@@ -47,7 +47,6 @@ def test_baselines_run_on_a_small_split():
     assert all(0.5 < r["test_accuracy"] <= 1 for r in out.values())
 
 
-
 def test_lra_record_says_which_k_and_prior_the_defaults_kept():
     X, y = blobs(500)
     noisy = y.copy()
@@ -58,6 +57,7 @@ def test_lra_record_says_which_k_and_prior_the_defaults_kept():
     assert info["retrieval_k"] in (0, 10)
     assert info["prior"]["kind"] in ("linear", "mlp")
     assert info["k_rule"]["k"] in (0, 10)
+
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/cifar10 is not beside the repo")
 def test_cifar10_protocols():
