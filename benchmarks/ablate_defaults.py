@@ -61,7 +61,8 @@ def main() -> None:
         est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
         info = est.fit_info_
         print(f"  {name:30s} {est.score(split.X_test, split.y_test):.4f}  val {info['best_val_accuracy']:.4f} "
-              f"ep {info['epochs']} best {info['best_epoch']} {time.perf_counter() - start:.0f}s", flush=True)
+              f"ep {info['epochs']} best {info['best_epoch']} {time.perf_counter() - start:.0f}s "
+              f"k {info['retrieval_k']} {info.get('selection', '')}", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_diffusion.benchmark import Split, read_results, replace_section, run_baselines, write_result
+from lra_diffusion.benchmark import Split, read_results, replace_section, run_baselines, run_lra, write_result
 from lra_diffusion.config import Config
 from lra_diffusion.data import instance_noise, load_banking77, load_noisy_ag_news, symmetric_noise
 from lra_diffusion.data.text import TextDataset
@@ -133,28 +133,6 @@ def make_split(setting: str, data: dict[str, TextData], seed: int) -> tuple[Spli
     return split, info
 
 
-def fit_lra(split: Split, config: Config, seed: int) -> tuple[LRAClassifier, dict]:
-    """LRA-diffusion on the split: the fitted estimator, test accuracy and retrieval diagnostics."""
-    start = time.perf_counter()
-    est = LRAClassifier(config=config, random_state=seed).fit(split.X_train, split.y_train,
-                                                              X_val=split.X_val, y_val=split.y_val)
-    res = est.train_result_
-    out = {"test_accuracy": float(est.score(split.X_test, split.y_test)),
-           "seconds": time.perf_counter() - start, "best_epoch": res.best_epoch, "epochs": res.epochs,
-           "best_val_accuracy": res.best_val_accuracy}
-    if res.neighbours is not None and res.neighbours.shape[1]:
-        cand = np.concatenate([split.y_train[:, None], split.y_train[res.neighbours]], axis=1)
-        C = int(max(cand.max(), split.y_train_clean.max())) + 1
-        votes = np.zeros((len(cand), C))
-        np.add.at(votes, (np.arange(len(cand))[:, None], cand), 1)
-        wrong = split.y_train != split.y_train_clean
-        vote = votes.argmax(1)
-        out |= {"retrieval_clean_draw_fraction": float((cand == split.y_train_clean[:, None]).mean()),
-                "retrieval_vote_accuracy": float((vote == split.y_train_clean).mean()),
-                "retrieval_vote_recovers_wrong": float((vote[wrong] == split.y_train_clean[wrong]).mean())}
-    return est, out
-
-
 def label_issue_metrics(split: Split, est: LRAClassifier, seed: int) -> dict:
     """Precision / recall / F1 / AUROC of ours (package defaults) and cleanlab's, on the training rows."""
     from lra_diffusion.issues import cleanlab_issues, find_label_issues
@@ -180,7 +158,7 @@ def run_setting(setting: str, data: dict[str, TextData], seed: int) -> dict:
     baselines = run_baselines(split, seed=seed)
     print(f"[{setting}] baselines: " + ", ".join(f"{k} {v['test_accuracy']:.4f}" for k, v in baselines.items()),
           flush=True)
-    est, lra = fit_lra(split, config, seed)
+    lra, est = run_lra(split, config=config, seed=seed, return_model=True)
     print(f"[{setting}] LRA-diffusion {lra['test_accuracy']:.4f} ({lra['seconds']:.0f} s)", flush=True)
     issues = label_issue_metrics(split, est, seed)
     print(f"[{setting}] issues: LRA AUROC {issues['lra']['auroc']:.4f}, cleanlab {issues['cleanlab']['auroc']:.4f}",
@@ -201,7 +179,7 @@ def run_ablation(data: dict[str, TextData], seeds: list[int]) -> list[dict]:
                           split.y_test, False)
             else:
                 s = split
-            _, r = fit_lra(s, Config().replace(**changes), seed)
+            r = run_lra(s, config=Config().replace(**changes), seed=seed)
             print(f"[ablation] {name} seed {seed}: {r['test_accuracy']:.4f}", flush=True)
             runs.append({"seed": seed, **r})
         rows.append({"name": name, "changes": changes, "runs": runs})

@@ -13,7 +13,8 @@ from lra_diffusion.config import Config, TrainConfig
 from lra_diffusion.errors import InputError
 from lra_diffusion.evaluate import predict_y0, readout
 from lra_diffusion.io import load_tensors
-from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, lr_factor, split_holdout, train,
+from lra_diffusion.models import LabelDenoiser
+from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, lr_factor, prefer_last, split_holdout, train,
                                  vote_clearly_worse)
 
 from conftest import TINY, make_blobs, weak_neighbours
@@ -146,6 +147,43 @@ def test_external_validation_set_is_used_for_selection():
     assert evaluated and evaluated[-1] == result.epochs
     assert min(evaluated) >= CKPT.train.select_after * result.epochs
     assert result.best_epoch in evaluated
+
+
+@pytest.mark.parametrize(("best_only", "last_only", "kept"), [(20, 4, "best"), (12, 8, "last"), (3, 0, "last")])
+def test_prefer_last_keeps_the_last_epoch_unless_the_best_is_clearly_better(best_only, last_only, kept):
+    last = LabelDenoiser(3, 4, feature_dim=8, timesteps=10)
+    best_weights = {k: v.clone() for k, v in last.state_dict().items()}
+    best_weights["lin4.bias"] += 1.0  # tells the two candidates apart
+    common = 50  # rows both get right; 30 rows neither does
+    pattern = {"best": np.r_[np.ones(common + best_only), np.zeros(last_only + 30)].astype(bool),
+               "last": np.r_[np.ones(common), np.zeros(best_only), np.ones(last_only), np.zeros(30)].astype(bool)}
+
+    def right(m):
+        return pattern["best" if torch.equal(m.lin4.bias, best_weights["lin4.bias"]) else "last"]
+
+    state = {"best_epoch": 2, "best_acc": float(pattern["best"].mean())}
+    record = prefer_last(last, best_weights, right, state, epochs=9)
+    assert record == {"best_epoch": 2, "best_only": best_only, "last_only": last_only, "kept": kept}
+    # the state names the kept candidate: the best one untouched, or the last epoch and its accuracy
+    expected = (2, pattern["best"].mean()) if kept == "best" else (9, pattern["last"].mean())
+    assert (state["best_epoch"], state["best_acc"]) == pytest.approx(expected)
+
+
+def test_prefer_last_returns_the_weights_it_names():
+    X, y = make_blobs(300, seed=3)
+    y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)  # noisy: candidates differ
+    base = Config.from_dict(TINY).replace(train={"epochs": 8, "evals": 8})
+    best = train(X, y, num_classes=3, config=base, seed=1, progress=False)
+    pref = train(X, y, num_classes=3, config=base.replace(train={"selection": "prefer_last"}), seed=1, progress=False)
+    # the last epoch's weights alone: one candidate, no untrained start
+    last = train(X, y, num_classes=3, config=base.replace(train={"evals": 1, "select_start": False}), seed=1,
+                 progress=False)
+    assert best.best_epoch != best.epochs and last.best_epoch == last.epochs  # a choice to make here
+    assert pref.selection["best_epoch"] == best.best_epoch
+    kept = best if pref.selection["kept"] == "best" else last
+    assert pref.best_epoch == kept.best_epoch
+    for k, v in pref.model.state_dict().items():
+        assert torch.equal(v, kept.model.state_dict()[k]), k
 
 
 def test_k_too_large_raises_and_writes_nothing(tmp_path):

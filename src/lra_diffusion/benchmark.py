@@ -168,22 +168,25 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False, retur
     est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
     seconds = time.perf_counter() - start
     res = est.train_result_
-    # retrieval diagnostics: how often a drawn label is clean, and the retrieval vote's accuracy
-    nb = res.neighbours
-    cand = np.concatenate([split.y_train[:, None], split.y_train[nb]], axis=1)
-    clean_draw = float((cand == split.y_train_clean[:, None]).mean())
-    vote = np.array([np.bincount(c, minlength=int(cand.max()) + 1).argmax() for c in cand])
+    # retrieval diagnostics of the kept fit's draws (its own label alone where k = 0 was kept): how often a
+    # drawn label is clean, the accuracy of the draws' majority vote, and how often it mends a wrong label
+    cand = np.concatenate([split.y_train[:, None], split.y_train[res.neighbours]], axis=1)
+    votes = np.zeros((len(cand), int(max(cand.max(), split.y_train_clean.max())) + 1))
+    np.add.at(votes, (np.arange(len(cand))[:, None], cand), 1)
+    vote, wrong = votes.argmax(1), split.y_train != split.y_train_clean
     record = {
         "test_accuracy": float(est.score(split.X_test, split.y_test)),
         "seconds": seconds,
         "best_epoch": res.best_epoch,
         "epochs": res.epochs,
         "best_val_accuracy": res.best_val_accuracy,
-        "retrieval_clean_draw_fraction": clean_draw,
+        "retrieval_clean_draw_fraction": float((cand == split.y_train_clean[:, None]).mean()),
         "retrieval_vote_accuracy": float((vote == split.y_train_clean).mean()),
-        "train_noise_rate": float((split.y_train != split.y_train_clean).mean()),
-        # what the defaults chose: the kept k (0 where the k check's second fit won), the prior, the check
-        "fit_info": {key: est.fit_info_[key] for key in ("retrieval_k", "prior", "k_rule", "k_selection")
+        "retrieval_vote_recovers_wrong": float((vote[wrong] == split.y_train_clean[wrong]).mean()) if wrong.any() else None,
+        "train_noise_rate": float(wrong.mean()),
+        # what the defaults chose: the kept k (0 where the k check's second fit won), the prior, the check,
+        # the selected candidate
+        "fit_info": {key: est.fit_info_[key] for key in ("retrieval_k", "prior", "k_rule", "k_selection", "selection")
                      if key in est.fit_info_},
     }
     return (record, est) if return_model else record

@@ -106,6 +106,11 @@ class TrainConfig:
     # with the residual y0 denoiser (prior "linear", prediction "y0") the untrained model, which predicts
     # the prior exactly, is a selection candidate too ("epoch 0")
     select_start: bool = True
+    # which candidate is kept: "best" = the highest held-out accuracy (ties: the later); "prefer_last" = the
+    # last epoch's weights unless the best candidate is clearly more accurate on the held-out labels
+    # (McNemar's sign test, z = 2, on the rows only one of the two gets right): a small noisy hold-out
+    # cannot tell many candidates apart, and its argmax favours a model that reproduces learnable noise
+    selection: Literal["best", "prefer_last"] = "best"
     checkpoint_every: int = 0  # optimiser steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2
 
@@ -226,6 +231,7 @@ class Config:
             (0 <= t.val_fraction < 1, "train.val_fraction must be in [0, 1)"),
             (t.evals >= 1, "train.evals must be >= 1"),
             (0 <= t.select_after < 1, "train.select_after must be in [0, 1)"),
+            (t.selection in ("best", "prefer_last"), "train.selection must be 'best' or 'prefer_last'"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             # the spelling only: a config naming a GPU must still load on a machine without one

@@ -218,6 +218,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         }
         if result.prior is not None:
             self.fit_info_["prior"] = result.prior
+        if result.selection is not None:
+            self.fit_info_["selection"] = result.selection
         if k_rule is not None:
             self.fit_info_["k_rule"] = k_rule
         if len(selection) > 1:

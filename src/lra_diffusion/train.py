@@ -60,6 +60,9 @@ class TrainResult:
     k_rule: dict | None = None  # the rule's held-out accuracies and choice (None when it did not apply)
     prior: dict | None = None  # which prior f_q was fitted and its held-out accuracies (None: no prior)
     resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
+    # selection "prefer_last": the best candidate's epoch, the rows only it / only the last epoch gets right,
+    # and which was kept (None: selection "best", or the best was the last epoch)
+    selection: dict | None = None
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -270,7 +273,8 @@ def train(
     warmup = int(round(tc.warmup_fraction * total))
     # Selection candidates: `evals` epochs spread over the part of the run after `select_after`.
     first = min(epochs, int(tc.select_after * epochs) + 1)
-    eval_epochs = set(np.linspace(first, epochs, min(tc.evals, epochs - first + 1)).round().astype(int).tolist())
+    # (from the end: a single evaluation is the last epoch's)
+    eval_epochs = set(np.linspace(epochs, first, min(tc.evals, epochs - first + 1)).round().astype(int).tolist())
 
     state = {"step": 0, "epoch": 0, "best_acc": None, "best_epoch": None, "history": []}
     perm = None
@@ -303,11 +307,14 @@ def train(
 
     eval_model = ema if tc.use_ema else model
 
+    def right(m: LabelDenoiser) -> np.ndarray:
+        """Which validation rows the model ``m`` labels correctly, (n_val,) bool."""
+        return readout(map_chunks(lambda c: predict_y0(m, c, dc, amp=rt.amp), val_features), dc.readout).numpy() == val_labels
+
     def consider(epoch: int, record: dict) -> dict[str, torch.Tensor] | None:
         """Score ``eval_model`` after ``epoch`` epochs on the validation data into ``record``; return a
         copy of its weights if it is the best so far (ties: the later, longer-trained weights)."""
-        y0_val = map_chunks(lambda c: predict_y0(eval_model, c, dc, amp=rt.amp), val_features)
-        record["val_accuracy"] = acc = float((readout(y0_val, dc.readout).numpy() == val_labels).mean())
+        record["val_accuracy"] = acc = float(right(eval_model).mean())
         if state["best_acc"] is None or acc >= state["best_acc"]:
             state["best_acc"], state["best_epoch"] = acc, epoch
             return {k: v.clone() for k, v in eval_model.state_dict().items()}
@@ -359,6 +366,11 @@ def train(
             ckpt.save(state["step"], model, ema, optimizer, gen, perm, best_weights, state, fingerprint)
     bar.close()
 
+    selection = None
+    if tc.selection == "prefer_last" and best_weights is not None and state["best_epoch"] != epochs and ctx.is_main:
+        selection = prefer_last(eval_model, best_weights, right, state, epochs)
+        if selection["kept"] == "last":
+            best_weights = None
     if best_weights is not None:
         eval_model.load_state_dict(best_weights)
     eval_model.cpu().eval()
@@ -366,8 +378,25 @@ def train(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
-        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info,
+        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=selection,
     )
+
+
+def prefer_last(last: LabelDenoiser, best_weights: dict[str, torch.Tensor], right, state: dict, epochs: int) -> dict:
+    """``selection = "prefer_last"``: keep the last epoch's weights (``last``, as trained) unless the best
+    candidate (``best_weights``, at ``state["best_epoch"]``) is clearly more accurate on the held-out labels
+    (:func:`~lra_diffusion.models.clearly_better`, z = 2, on the rows only one of the two gets right).
+    ``right(model)`` says which held-out rows a model gets right. Updates ``state``'s best epoch and
+    accuracy to the kept candidate's; returns the record of the choice."""
+    best = copy.deepcopy(last)
+    best.load_state_dict(best_weights)
+    right_last, right_best = right(last), right(best)
+    best_only, last_only = int((right_best & ~right_last).sum()), int((right_last & ~right_best).sum())
+    record = {"best_epoch": state["best_epoch"], "best_only": best_only, "last_only": last_only,
+              "kept": "best" if clearly_better(best_only, last_only) else "last"}
+    if record["kept"] == "last":
+        state["best_epoch"], state["best_acc"] = epochs, float(right_last.mean())
+    return record
 
 
 K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced over the slice)
