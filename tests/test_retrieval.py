@@ -144,6 +144,24 @@ def test_agreement_and_vote_distribution(sampler):
     torch.testing.assert_close(votes, torch.tensor([[2 / 3, 1 / 3, 0], [2 / 3, 1 / 3, 0], [2 / 3, 1 / 3, 0]]))
 
 
+def test_target_distribution_is_the_weighted_mean_of_the_draws(sampler):
+    # candidates [0, 0, 1]: class 0 drawn 2/3 of the time with weight 2, class 1 1/3 with weight 1
+    torch.testing.assert_close(sampler.target_distribution(3)[0], torch.tensor([0.8, 0.2, 0.0]))
+    unweighted = NeighbourLabelSampler(np.array([0, 0, 1]), np.array([[1, 2], [0, 2], [0, 1]]), weighting=False)
+    torch.testing.assert_close(unweighted.target_distribution(3), unweighted.vote_distribution(3))
+    # what the weighted squared error is minimised by: E[w y] / E[w] over the sampler's own draws
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)
+    weighted = NeighbourLabelSampler(labels, rng.integers(0, 50, (50, 6)))
+    g = torch.Generator().manual_seed(0)
+    total, norm = torch.zeros(50, 4), torch.zeros(50, 1)
+    for _ in range(4000):
+        drawn, w = weighted.sample(torch.arange(50), g)
+        total += w[:, None] * torch.nn.functional.one_hot(drawn, 4)
+        norm += w[:, None]
+    torch.testing.assert_close(total / norm, weighted.target_distribution(4), atol=0.04, rtol=0)
+
+
 def test_neighbour_vote_takes_the_majority_and_breaks_ties_by_the_nearest():
     from lra_diffusion.retrieval import neighbour_vote
 

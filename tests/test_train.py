@@ -149,6 +149,18 @@ def test_external_validation_set_is_used_for_selection():
     assert result.best_epoch in evaluated
 
 
+def test_prior_fitted_to_the_retrieval_targets():
+    X, y = make_blobs(300, seed=3)
+    y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)
+    base = Config.from_dict(TINY).replace(diffusion={"prior": "linear"}, train={"epochs": 1})
+    labels = train(X, y, num_classes=3, config=base, seed=1, progress=False)
+    soft = train(X, y, num_classes=3, config=base.replace(diffusion={"prior_targets": "retrieval"}), seed=1,
+                 progress=False)
+    # another prior from the same rows: the draws' expected targets are smoother than the labels
+    assert not torch.equal(labels.model.prior_weight, soft.model.prior_weight)
+    assert soft.prior["kind"] == "linear" and soft.prior["linear_val_accuracy"] is not None
+
+
 @pytest.mark.parametrize(("best_only", "last_only", "kept"), [(20, 4, "best"), (12, 8, "last"), (3, 0, "last")])
 def test_prefer_last_keeps_the_last_epoch_unless_the_best_is_clearly_better(best_only, last_only, kept):
     last = LabelDenoiser(3, 4, feature_dim=8, timesteps=10)

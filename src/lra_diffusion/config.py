@@ -46,6 +46,10 @@ class DiffusionConfig:
     # "auto" (default) = the MLP where it is clearly more accurate on the held-out labels, else the linear
     # one (models/prior.py); the diffusion is centred at it and starts from it
     prior: Literal["zero", "linear", "mlp", "auto"] = "auto"
+    # what the prior is fitted to: the noisy "labels", or "retrieval" = each row's expected training target
+    # under the neighbour-label draws (NeighbourLabelSampler.target_distribution; an ablation option: it
+    # builds an (N, C) matrix)
+    prior_targets: Literal["labels", "retrieval"] = "labels"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
     prediction: Literal["eps", "y0"] = "y0"
@@ -209,6 +213,7 @@ class Config:
             (d.stochastic_eta >= 0, "diffusion.stochastic_eta must be >= 0"),
             (d.prior in ("zero", "linear", "mlp", "auto"), "diffusion.prior must be 'zero', 'linear', 'mlp' or 'auto'"),
             (d.prediction in ("eps", "y0"), "diffusion.prediction must be 'eps' or 'y0'"),
+            (d.prior_targets in ("labels", "retrieval"), "diffusion.prior_targets must be 'labels' or 'retrieval'"),
             (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
             (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),
             (r.k >= 0, "retrieval.k must be >= 0"),

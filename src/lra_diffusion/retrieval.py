@@ -600,3 +600,13 @@ class NeighbourLabelSampler:
         counts = torch.zeros(len(self.candidates), num_classes)
         counts.scatter_add_(1, self.candidates, torch.ones_like(self.candidates, dtype=torch.float32))
         return counts / self.candidates.shape[1]
+
+    def target_distribution(self, num_classes: int) -> torch.Tensor:
+        """(N, C) expected training target of each sample: the label vector that minimises the expected
+        weighted squared error over its draws. A class held by n_c of the k+1 candidates is drawn with
+        probability n_c / (k+1) and weighted n_c, so the target is n_c^2 / sum_c n_c^2 (n_c / (k+1)
+        without weighting)."""
+        votes = self.vote_distribution(num_classes)
+        if self.weighting:
+            votes = votes.square()
+        return votes / votes.sum(1, keepdim=True)

@@ -235,15 +235,17 @@ def train(
     prior_info = None
     if model.has_prior:
         how = {"kind": dc.prior, "hidden": config.model.feature_dim, "seed": seed}
+        targets = (y_np if dc.prior_targets == "labels" else
+                   NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting).target_distribution(num_classes).numpy())
         if x is None:  # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
             tr = x_rows.subsample(seed)
             vx, vy = val_features, val_labels
             if isinstance(vx, FeatureRows):
                 va = vx.subsample(seed)
                 vx, vy = vx[va], vy[va]
-            prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), y_np[tr], vx, vy, gen, **how)
+            prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), targets[tr], vx, vy, gen, **how)
         else:
-            prior_info = fit_model_prior(model, x, y_np, val_features, val_labels, gen, **how)
+            prior_info = fit_model_prior(model, x, targets, val_features, val_labels, gen, **how)
     if x is not None:
         x = to_device(x, dev)
     model.to(dev)
@@ -437,8 +439,8 @@ def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_fe
                     val_labels: np.ndarray | None, generator: torch.Generator, *, kind: str = "linear",
                     hidden: int = 512, seed: int = 0) -> dict:
     """Fit CARD's prior f_q of ``kind`` (:func:`lra_diffusion.models.choose_prior`) on the standardised
-    training features and (noisy) labels, chosen on the validation data, and store it in ``model``;
-    returns the record of the choice."""
+    training features and (noisy) labels ``y`` (N,) int, or soft targets (N, C) float, chosen on the
+    validation data, and store it in ``model``; returns the record of the choice."""
     with torch.no_grad():
         f = model.standardise(x)
         f_val = None if val_features is None else model.standardise(torch.from_numpy(val_features))
