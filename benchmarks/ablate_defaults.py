@@ -2,7 +2,7 @@
 
     python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean] [--fit-seed S]
 
-ROW is a row of ``benchmarks/defaults.py`` (same features, noisy labels, 10% noisy hold-out and clean
+ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10% noisy hold-out and clean
 test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test accuracies, then per
 variant the test accuracy, the best hold-out accuracy, the epochs, the selected epoch and the seconds.
 A variant is a nested dict of config sections (``{}`` = the package defaults), e.g.
@@ -45,7 +45,7 @@ def main() -> None:
     row, seed, variants = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     clean = "--clean" in sys.argv[4:]
     fit_seed = int(sys.argv[sys.argv.index("--fit-seed") + 1]) if "--fit-seed" in sys.argv else seed
-    split = defaults.ROWS[row](seed)
+    split = {**defaults.ROWS, **defaults.PROBES}[row](seed)
     split = clean_split(split, seed) if clean else split
     start = time.perf_counter()
     linear = fit_linear(split, split.y_train)[0].score(split.X_test, split.y_test)

@@ -151,6 +151,14 @@ ROWS: dict[str, Callable[[int], Split]] = {
     "synth-2": synthetic_row(2, 20_000, 0.3, 32, 8, 4, 1.0),
 }
 QUICK = ("digits-sym-0.4", "synth-2", "b77-sym-0.4", "synth-200")
+# Robustness probes outside the suite (not in its table; ``benchmarks/ablate_defaults.py`` runs them):
+# synthetic problems shaped like the issue's failures under the former defaults (a 6-class set with 51%
+# weak-supervision noise, a 150-class intent set with 50% noise) and the largest class count users bring
+PROBES: dict[str, Callable[[int], Split]] = {
+    "synth-6-0.5": synthetic_row(6, 5_000, 0.5, 64, 16, 1, 2.0),
+    "synth-150-0.5": synthetic_row(150, 16_667, 0.5, 128, 64, 1, 2.0),
+    "synth-1000": synthetic_row(1000, 50_000, 0.4, 128, 64, 1, 2.0),
+}
 
 
 def label_issues(split: Split, est: LRAClassifier, seed: int) -> dict:
