@@ -182,7 +182,8 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False, retur
         "best_val_accuracy": res.best_val_accuracy,
         "retrieval_clean_draw_fraction": float((cand == split.y_train_clean[:, None]).mean()),
         "retrieval_vote_accuracy": float((vote == split.y_train_clean).mean()),
-        "retrieval_vote_recovers_wrong": float((vote[wrong] == split.y_train_clean[wrong]).mean()) if wrong.any() else None,
+        "retrieval_vote_recovers_wrong": (float((vote[wrong] == split.y_train_clean[wrong]).mean())
+                                          if wrong.any() else None),
         "train_noise_rate": float(wrong.mean()),
         # what the defaults chose: the kept k (0 where the k check's second fit won), the prior, the check,
         # the selected candidate

@@ -235,8 +235,8 @@ def train(
     prior_info = None
     if model.has_prior:
         how = {"kind": dc.prior, "hidden": config.model.feature_dim, "seed": seed}
-        targets = (y_np if dc.prior_targets == "labels" else
-                   NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting).target_distribution(num_classes).numpy())
+        targets = y_np if dc.prior_targets == "labels" else (
+            NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting).target_distribution(num_classes).numpy())
         if x is None:  # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
             tr = x_rows.subsample(seed)
             vx, vy = val_features, val_labels
@@ -311,7 +311,8 @@ def train(
 
     def right(m: LabelDenoiser) -> np.ndarray:
         """Which validation rows the model ``m`` labels correctly, (n_val,) bool."""
-        return readout(map_chunks(lambda c: predict_y0(m, c, dc, amp=rt.amp), val_features), dc.readout).numpy() == val_labels
+        y0 = map_chunks(lambda c: predict_y0(m, c, dc, amp=rt.amp), val_features)
+        return readout(y0, dc.readout).numpy() == val_labels
 
     def consider(epoch: int, record: dict) -> dict[str, torch.Tensor] | None:
         """Score ``eval_model`` after ``epoch`` epochs on the validation data into ``record``; return a
