@@ -3,8 +3,9 @@
     python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean] [--fit-seed S]
 
 ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10%
-noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test accuracies, then per
-variant the test accuracy, the best hold-out accuracy, the epochs, the selected epoch and the seconds.
+noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test
+accuracies, then per variant the test accuracy, the best hold-out accuracy, the epochs, the selected epoch,
+the seconds, the kept k and (with ``selection = "prefer_last"``) the selection record.
 A variant is a nested dict of config sections (``{}`` = the package defaults), e.g.
 ``'{"paper": {"diffusion": {"prior": "zero", "prediction": "eps"}, "train": {"auto_epochs": 0}}}'``.
 

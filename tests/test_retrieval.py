@@ -149,6 +149,7 @@ def test_target_distribution_is_the_weighted_mean_of_the_draws(sampler):
     torch.testing.assert_close(sampler.target_distribution(3)[0], torch.tensor([0.8, 0.2, 0.0]))
     unweighted = NeighbourLabelSampler(np.array([0, 0, 1]), np.array([[1, 2], [0, 2], [0, 1]]), weighting=False)
     torch.testing.assert_close(unweighted.target_distribution(3), unweighted.vote_distribution(3))
+    torch.testing.assert_close(sampler.target_distribution(3, np.array([2, 0])), sampler.target_distribution(3)[[2, 0]])
     # what the weighted squared error is minimised by: E[w y] / E[w] over the sampler's own draws
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 50)

@@ -595,18 +595,20 @@ class NeighbourLabelSampler:
         """The fraction of the k+1 candidates equal to each sample's own label, (N,)."""
         return (self.candidates == self.candidates[:, :1]).float().mean(1)
 
-    def vote_distribution(self, num_classes: int) -> torch.Tensor:
-        """(N, C) frequencies of each class among the k+1 candidates (the retrieval's label distribution)."""
-        counts = torch.zeros(len(self.candidates), num_classes)
-        counts.scatter_add_(1, self.candidates, torch.ones_like(self.candidates, dtype=torch.float32))
-        return counts / self.candidates.shape[1]
+    def vote_distribution(self, num_classes: int, rows=None) -> torch.Tensor:
+        """(N, C) frequencies of each class among the k+1 candidates (the retrieval's label distribution);
+        ``rows``: only those samples' rows (an index array)."""
+        cand = self.candidates if rows is None else self.candidates[torch.as_tensor(rows)]
+        counts = torch.zeros(len(cand), num_classes)
+        counts.scatter_add_(1, cand, torch.ones_like(cand, dtype=torch.float32))
+        return counts / cand.shape[1]
 
-    def target_distribution(self, num_classes: int) -> torch.Tensor:
-        """(N, C) expected training target of each sample: the label vector that minimises the expected
-        weighted squared error over its draws. A class held by n_c of the k+1 candidates is drawn with
-        probability n_c / (k+1) and weighted n_c, so the target is n_c^2 / sum_c n_c^2 (n_c / (k+1)
-        without weighting)."""
-        votes = self.vote_distribution(num_classes)
+    def target_distribution(self, num_classes: int, rows=None) -> torch.Tensor:
+        """(N, C) expected training target of each sample (``rows``: only those): the label vector that
+        minimises the expected weighted squared error over its draws. A class held by n_c of the k+1
+        candidates is drawn with probability n_c / (k+1) and weighted n_c, so the target is
+        n_c^2 / sum_c n_c^2 (n_c / (k+1) without weighting)."""
+        votes = self.vote_distribution(num_classes, rows)
         if self.weighting:
             votes = votes.square()
         return votes / votes.sum(1, keepdim=True)

@@ -235,17 +235,23 @@ def train(
     prior_info = None
     if model.has_prior:
         how = {"kind": dc.prior, "hidden": config.model.feature_dim, "seed": seed}
-        targets = y_np if dc.prior_targets == "labels" else (
-            NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting).target_distribution(num_classes).numpy())
-        if x is None:  # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
-            tr = x_rows.subsample(seed)
+        # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
+        tr = x_rows.subsample(seed) if x is None else None
+
+        def targets(rows):  # the labels, or (prior_targets "retrieval") the draws' expected targets of those rows
+            if dc.prior_targets == "labels":
+                return y_np if rows is None else y_np[rows]
+            sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
+            return sampler.target_distribution(num_classes, rows).numpy()
+
+        if x is None:
             vx, vy = val_features, val_labels
             if isinstance(vx, FeatureRows):
                 va = vx.subsample(seed)
                 vx, vy = vx[va], vy[va]
-            prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), targets[tr], vx, vy, gen, **how)
+            prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), targets(tr), vx, vy, gen, **how)
         else:
-            prior_info = fit_model_prior(model, x, targets, val_features, val_labels, gen, **how)
+            prior_info = fit_model_prior(model, x, targets(None), val_features, val_labels, gen, **how)
     if x is not None:
         x = to_device(x, dev)
     model.to(dev)
