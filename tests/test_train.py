@@ -13,7 +13,9 @@ from lra_diffusion.config import Config, TrainConfig
 from lra_diffusion.errors import InputError
 from lra_diffusion.evaluate import predict_y0, readout
 from lra_diffusion.io import load_tensors
+from lra_diffusion import train as train_module
 from lra_diffusion.models import LabelDenoiser
+from lra_diffusion.retrieval import NeighbourLabelSampler
 from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, lr_factor, prefer_last, split_holdout, train,
                                  vote_clearly_worse)
 
@@ -153,12 +155,31 @@ def test_prior_fitted_to_the_retrieval_targets():
     X, y = make_blobs(300, seed=3)
     y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)
     base = Config.from_dict(TINY).replace(diffusion={"prior": "linear"}, train={"epochs": 1})
-    labels = train(X, y, num_classes=3, config=base, seed=1, progress=False)
+    labels = train(X, y, num_classes=3, config=base.replace(diffusion={"prior_targets": "labels"}), seed=1,
+                   progress=False)
     soft = train(X, y, num_classes=3, config=base.replace(diffusion={"prior_targets": "retrieval"}), seed=1,
                  progress=False)
     # another prior from the same rows: the draws' expected targets are smoother than the labels
     assert not torch.equal(labels.model.prior_weight, soft.model.prior_weight)
     assert soft.prior["kind"] == "linear" and soft.prior["linear_val_accuracy"] is not None
+
+
+def test_retrieval_targets_are_built_for_the_prior_rows_only(monkeypatch):
+    X, y = make_blobs(300, seed=3)
+    built = []
+    original = NeighbourLabelSampler.target_distribution
+
+    def spy(self, num_classes, rows=None):
+        out = original(self, num_classes, rows)
+        built.append(len(out))
+        return out
+
+    monkeypatch.setattr(NeighbourLabelSampler, "target_distribution", spy)
+    monkeypatch.setattr(train_module, "PRIOR_MAX_ROWS", 100)  # 270 training rows: a subsample of 100
+    config = Config.from_dict(TINY).replace(diffusion={"prior": "linear", "prior_targets": "retrieval"},
+                                            train={"epochs": 1})
+    result = train(X, y, num_classes=3, config=config, seed=1, progress=False)
+    assert built == [100] and result.prior["kind"] == "linear"
 
 
 @pytest.mark.parametrize(("best_only", "last_only", "kept"), [(20, 4, "best"), (12, 8, "last"), (3, 0, "last")])

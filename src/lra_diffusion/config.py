@@ -47,8 +47,8 @@ class DiffusionConfig:
     # one (models/prior.py); the diffusion is centred at it and starts from it
     prior: Literal["zero", "linear", "mlp", "auto"] = "auto"
     # what the prior is fitted to: the noisy "labels", or "retrieval" = each row's expected training target
-    # under the neighbour-label draws (NeighbourLabelSampler.target_distribution; an ablation option: it
-    # builds an (N, C) matrix, (rows of the prior's subsample, C) for a memory-mapped file)
+    # under the neighbour-label draws, the target the denoiser itself learns (an ablation option,
+    # NeighbourLabelSampler.target_distribution, built for the prior's row subsample only)
     prior_targets: Literal["labels", "retrieval"] = "labels"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)

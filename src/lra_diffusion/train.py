@@ -32,7 +32,7 @@ from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
 from .io import load_tensors, save_tensors, sha256_array
-from .models import LabelDenoiser, choose_prior, clearly_better
+from .models import PRIOR_MAX_ROWS, LabelDenoiser, choose_prior, clearly_better
 from . import distributed
 from .features import FeatureRows, is_mapped, map_chunks
 from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming, neighbour_vote
@@ -251,7 +251,10 @@ def train(
                 vx, vy = vx[va], vy[va]
             prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), targets(tr), vx, vy, gen, **how)
         else:
-            prior_info = fit_model_prior(model, x, targets(None), val_features, val_labels, gen, **how)
+            if dc.prior_targets == "retrieval" and n > PRIOR_MAX_ROWS:  # (rows, C) soft targets: the prior's rows
+                tr = torch.randperm(n, generator=gen)[:PRIOR_MAX_ROWS].numpy()  # drawn as fit_prior draws them
+            fx = x if tr is None else x[torch.from_numpy(tr)]
+            prior_info = fit_model_prior(model, fx, targets(tr), val_features, val_labels, gen, **how)
     if x is not None:
         x = to_device(x, dev)
     model.to(dev)

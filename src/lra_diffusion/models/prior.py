@@ -26,6 +26,7 @@ from scipy.stats import binomtest, norm
 from ..errors import InputError
 
 L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4)  # strong to weak: each fit starts from the previous solution
+PRIOR_MAX_ROWS = 50_000  # rows a prior is fitted on (a seeded random subset beyond), bounding its cost
 
 
 @dataclass
@@ -79,7 +80,7 @@ def fit_softmax_regression(
 
 def fit_prior(
     f: torch.Tensor, y: torch.Tensor, num_classes: int, *, f_val: torch.Tensor | None = None,
-    y_val: torch.Tensor | None = None, max_rows: int = 50_000, generator: torch.Generator | None = None,
+    y_val: torch.Tensor | None = None, max_rows: int = PRIOR_MAX_ROWS, generator: torch.Generator | None = None,
     max_iter: int = 100,
 ) -> Prior:
     """Fit the prior on standardised features f (N, D) with labels y (N,).
@@ -113,7 +114,7 @@ MLP_PATIENCE = 10  # epochs (or a quarter of the run, if more) without a better 
 def fit_mlp_prior(
     f: torch.Tensor, y: torch.Tensor, num_classes: int, *, f_val: torch.Tensor, y_val: torch.Tensor,
     hidden: int = 512, seed: int = 0, epochs: int = 30, max_epochs: int = 200, batch_size: int = 256,
-    lr: float = 1e-3, max_rows: int = 50_000, weight_decays: tuple[float, ...] | None = None,
+    lr: float = 1e-3, max_rows: int = PRIOR_MAX_ROWS, weight_decays: tuple[float, ...] | None = None,
 ) -> Prior:
     """A one-hidden-layer ReLU classifier on standardised features f (N, D), labels y (N,): cross-entropy,
     Adam, at least ``epochs`` passes and 2,000 steps (at most ``max_epochs``), stopped after 10 epochs (or
