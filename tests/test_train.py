@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from lra_diffusion.config import Config, TrainConfig
+from lra_diffusion.config import Config, RetrievalConfig, TrainConfig
 from lra_diffusion.errors import InputError
 from lra_diffusion.evaluate import predict_y0, readout
+from lra_diffusion.features import FeatureRows
 from lra_diffusion.io import load_tensors
 from lra_diffusion import train as train_module
 from lra_diffusion.models import LabelDenoiser
 from lra_diffusion.retrieval import NeighbourLabelSampler
-from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, lr_factor, prefer_last, split_holdout, train,
-                                 vote_clearly_worse)
+from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, heldout_target_score, lr_factor, prefer_last,
+                                 split_holdout, train, vote_clearly_worse)
 
 from conftest import TINY, make_blobs, weak_neighbours
 
@@ -162,6 +163,33 @@ def test_prior_fitted_to_the_retrieval_targets():
     # another prior from the same rows: the draws' expected targets are smoother than the labels
     assert not torch.equal(labels.model.prior_weight, soft.model.prior_weight)
     assert soft.prior["kind"] == "linear" and soft.prior["linear_val_accuracy"] is not None
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_heldout_target_score_is_the_probability_under_the_draws_target(weighting):
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    y, yv = rng.integers(0, 3, 40), rng.integers(0, 3, 7)
+    rc = RetrievalConfig(k=4, weighting=weighting)
+    score = heldout_target_score(FeatureRows(x), y, xv, yv, 4, rc, torch.device("cpu"))
+    # the same rows as samples of one sampler: held-out rows first, their neighbours among the training rows
+    nb = np.argsort(((xv[:, None] - x[None]) ** 2).sum(-1), 1)[:, :4]
+    sampler = NeighbourLabelSampler(np.r_[yv, y], np.r_[nb + 7, np.zeros((40, 4), np.int64)], weighting=weighting)
+    target = sampler.target_distribution(3, np.arange(7)).numpy()
+    for pred in (np.zeros(7, np.int64), yv, rng.integers(0, 3, 7)):
+        np.testing.assert_allclose(score(pred), target[np.arange(7), pred], rtol=1e-6)
+
+
+def test_selection_on_the_retrieval_targets_reports_label_accuracy():
+    X, y = make_blobs(300, seed=3)
+    y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)
+    config = Config.from_dict(TINY).replace(train={"epochs": 3, "select_targets": "retrieval"})
+    result = train(X, y, num_classes=3, config=config, seed=1, progress=False)
+    scored = {h["epoch"]: h for h in result.history if "val_target_score" in h}
+    assert scored and all(0 <= h["val_target_score"] <= 1 for h in scored.values())
+    if result.best_epoch:  # the kept epoch's accuracy on the labels, not its target score
+        assert result.best_val_accuracy == scored[result.best_epoch]["val_accuracy"]
+        assert scored[result.best_epoch]["val_target_score"] == max(h["val_target_score"] for h in scored.values())
 
 
 def test_retrieval_targets_are_built_for_the_prior_rows_only(monkeypatch):

@@ -115,6 +115,10 @@ class TrainConfig:
     # (McNemar's sign test, z = 2, on the rows only one of the two gets right): a small noisy hold-out
     # cannot tell many candidates apart, and its argmax favours a model that reproduces learnable noise
     selection: Literal["best", "prefer_last"] = "best"
+    # what the candidates are scored against: the held-out "labels", or "retrieval" = each held-out row's
+    # neighbour-label targets (its label and its k nearest training rows' labels, agreement-weighted as the
+    # training draws; an ablation option). The estimator's k = 0 / k comparison stays on the labels.
+    select_targets: Literal["labels", "retrieval"] = "labels"
     checkpoint_every: int = 0  # optimiser steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2
 
@@ -236,6 +240,7 @@ class Config:
             (0 <= t.val_fraction < 1, "train.val_fraction must be in [0, 1)"),
             (t.evals >= 1, "train.evals must be >= 1"),
             (0 <= t.select_after < 1, "train.select_after must be in [0, 1)"),
+            (t.select_targets in ("labels", "retrieval"), "train.select_targets must be 'labels' or 'retrieval'"),
             (t.selection in ("best", "prefer_last"), "train.selection must be 'best' or 'prefer_last'"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),

@@ -269,6 +269,9 @@ def train(
         if rc.auto_k == "rule":
             neighbours = neighbours[:, : k_rule["k"]]
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
+    target_score = None  # select_targets "retrieval": scores predictions against the held-out rows' draws
+    if tc.select_targets == "retrieval" and val_features is not None and neighbours.shape[1] and ctx.is_main:
+        target_score = heldout_target_score(x_rows, y_np, val_features, val_labels, neighbours.shape[1], rc, dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     ddp = distributed.wrap(model, ctx, dev)  # DistributedDataParallel under torchrun, else model itself
     forward = torch.compile(ddp) if rt.compile else (ddp if ctx.active else None)  # shares model's parameters
@@ -318,17 +321,28 @@ def train(
 
     eval_model = ema if tc.use_ema else model
 
+    def predicted(m: LabelDenoiser) -> np.ndarray:
+        """The model ``m``'s labels of the validation rows, (n_val,)."""
+        return readout(map_chunks(lambda c: predict_y0(m, c, dc, amp=rt.amp), val_features), dc.readout).numpy()
+
     def right(m: LabelDenoiser) -> np.ndarray:
         """Which validation rows the model ``m`` labels correctly, (n_val,) bool."""
-        y0 = map_chunks(lambda c: predict_y0(m, c, dc, amp=rt.amp), val_features)
-        return readout(y0, dc.readout).numpy() == val_labels
+        return predicted(m) == val_labels
 
     def consider(epoch: int, record: dict) -> dict[str, torch.Tensor] | None:
         """Score ``eval_model`` after ``epoch`` epochs on the validation data into ``record``; return a
-        copy of its weights if it is the best so far (ties: the later, longer-trained weights)."""
-        record["val_accuracy"] = acc = float(right(eval_model).mean())
-        if state["best_acc"] is None or acc >= state["best_acc"]:
+        copy of its weights if it is the best so far (ties: the later, longer-trained weights). The
+        accuracy is on the labels; with ``target_score`` the candidates are ranked by that score."""
+        pred = predicted(eval_model)
+        record["val_accuracy"] = acc = float((pred == val_labels).mean())
+        score = acc if target_score is None else float(target_score(pred).mean())
+        if target_score is not None:
+            record["val_target_score"] = score
+        best = state.get("best_score", state["best_acc"])
+        if best is None or score >= best:
             state["best_acc"], state["best_epoch"] = acc, epoch
+            if target_score is not None:
+                state["best_score"] = score
             return {k: v.clone() for k, v in eval_model.state_dict().items()}
         return None
 
@@ -409,6 +423,25 @@ def prefer_last(last: LabelDenoiser, best_weights: dict[str, torch.Tensor], righ
     if record["kept"] == "last":
         state["best_epoch"], state["best_acc"] = epochs, float(right_last.mean())
     return record
+
+
+def heldout_target_score(x_rows: FeatureRows, labels: np.ndarray, val_features, val_labels: np.ndarray, k: int,
+                         rc, dev: torch.device):
+    """``select_targets = "retrieval"``: a function scoring predicted labels of the validation rows (n_val,)
+    against their neighbour-label targets, (n_val,) floats in [0, 1]. A row's candidates are its own label
+    and the labels of its ``k`` nearest training rows; a prediction held by n_p of them scores
+    n_p^2 / sum_c n_c^2 with agreement weights (n_p / (k + 1) without), its probability under the expected
+    training target of the draws (:meth:`NeighbourLabelSampler.target_distribution`)."""
+    nb, _ = knn_streaming(x_rows, k, queries=val_features, metric=rc.metric, device=dev)
+    cand = np.concatenate([val_labels[:, None], labels[nb]], 1)
+
+    def held(pred: np.ndarray) -> np.ndarray:
+        return (cand == pred[:, None]).sum(1)
+
+    if not rc.weighting:
+        return lambda pred: held(pred) / cand.shape[1]
+    norm = (cand[:, :, None] == cand[:, None, :]).sum((1, 2))  # sum_c n_c^2
+    return lambda pred: held(pred) ** 2 / norm
 
 
 K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced over the slice)
