@@ -43,6 +43,10 @@ def test_auto_length_takes_the_largest_of_its_three_floors():
     assert auto_epochs(TrainConfig(auto_steps=0, auto_epochs=0, auto_class_visits=0), 5, n=10, num_classes=2) == 1
     # 1,000 classes of 10 samples would ask for 2,000 epochs: capped at the paper's 200
     assert auto_epochs(tc, 39, n=10_000, num_classes=1000) == 200
+    # ... and at 20,000 optimiser steps (auto_class_max_steps): 45 samples a class, 175 steps an epoch
+    assert auto_epochs(TrainConfig(), 175, n=45_000, num_classes=1000) == 114
+    # the cap is the per-class rule's only: the 30 passes of a large set still hold
+    assert auto_epochs(TrainConfig(), 3906, n=1_000_000, num_classes=1000) == 30
 
 
 def assert_same_result(a, b) -> None:

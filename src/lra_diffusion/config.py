@@ -92,12 +92,13 @@ class TrainConfig:
     """Optimisation, model selection and checkpointing."""
 
     # None = auto: at least `auto_steps` optimiser steps, `auto_epochs` epochs and `auto_class_visits`
-    # sample visits per class (epochs >= auto_class_visits * C / N, at most the paper's 200: many classes
-    # with few samples each)
+    # sample visits per class (epochs >= auto_class_visits * C / N, at most the paper's 200 and at most
+    # `auto_class_max_steps` optimiser steps: many classes with few samples each)
     epochs: int | None = None
     auto_steps: int = 2000
     auto_epochs: float = 30.0
     auto_class_visits: float = 20_000.0
+    auto_class_max_steps: int = 20_000
     batch_size: int = 256
     lr: float = 1e-3
     warmup_fraction: float = 0.025  # linear warm-up over this fraction of all steps, then half-cosine
@@ -232,6 +233,7 @@ class Config:
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
             (t.auto_epochs >= 0, "train.auto_epochs must be >= 0"),
             (t.auto_class_visits >= 0, "train.auto_class_visits must be >= 0"),
+            (t.auto_class_max_steps >= 1, "train.auto_class_max_steps must be >= 1"),
             (t.batch_size >= 2, "train.batch_size must be >= 2"),
             (t.lr > 0, "train.lr must be > 0"),
             (0 <= t.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1)"),
