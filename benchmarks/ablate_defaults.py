@@ -1,6 +1,6 @@
 """Ablation rows for the defaults: LRA-diffusion variants on one row of the defaults suite.
 
-    python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean] [--fit-seed S]
+    python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean] [--balanced] [--fit-seed S]
 
 ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10%
 noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test
@@ -14,6 +14,9 @@ row's training rows and selects (L2, MLP epoch, denoiser epoch) on the clean lab
 (seeded); the MLP is printed as well, e.g. ``'{"k0": {"retrieval": {"k": 0}}}' --clean`` for the
 denoiser's own limit against the cross-entropy heads.
 
+``--balanced``: print the balanced accuracy (the mean of the per-class recalls) after each test accuracy,
+for rows with unequal classes (the ``synth-10-tail`` probe).
+
 ``--fit-seed S``: LRA-diffusion's own seed (its draws, initialisation, batches; default SEED) while the row's
 split stays that of SEED, to measure run-to-run variation on fixed data.
 """
@@ -26,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,14 +49,19 @@ def clean_split(split: Split, seed: int) -> Split:
 def main() -> None:
     row, seed, variants = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     clean = "--clean" in sys.argv[4:]
+    balanced = "--balanced" in sys.argv[4:]
     fit_seed = int(sys.argv[sys.argv.index("--fit-seed") + 1]) if "--fit-seed" in sys.argv else seed
     split = {**defaults.ROWS, **defaults.PROBES}[row](seed)
     split = clean_split(split, seed) if clean else split
+    def scores(predicted) -> str:
+        """Test accuracy (and with ``--balanced`` the balanced accuracy) of predicted test labels."""
+        acc = f"{(predicted == split.y_test).mean():.4f}"
+        return f"{acc} (bal. {balanced_accuracy_score(split.y_test, predicted):.4f})" if balanced else acc
+
     start = time.perf_counter()
-    linear = fit_linear(split, split.y_train)[0].score(split.X_test, split.y_test)
-    knn = KNeighborsClassifier(10).fit(split.X_train, split.y_train).score(split.X_test, split.y_test)
-    mlp = (f" mlp {(fit_mlp(split, split.y_train, seed=seed)[0](split.X_test) == split.y_test).mean():.4f}"
-           if clean else "")
+    linear = scores(fit_linear(split, split.y_train)[0].predict(split.X_test))
+    knn = scores(KNeighborsClassifier(10).fit(split.X_train, split.y_train).predict(split.X_test))
+    mlp = f" mlp {scores(fit_mlp(split, split.y_train, seed=seed)[0](split.X_test))}" if clean else ""
     which = f"{row} s{seed}{f' fit seed {fit_seed}' if fit_seed != seed else ''}{' clean labels' if clean else ''}"
     print(f"{which} N={len(split.y_train)} D={split.X_train.shape[1]} "
           f"linear {linear:.4f} ({time.perf_counter() - start:.0f}s) knn {knn:.4f}{mlp}", flush=True)
@@ -61,7 +70,7 @@ def main() -> None:
         est = LRAClassifier(config=config, random_state=fit_seed)
         est.fit(split.X_train, split.y_train, X_val=split.X_val, y_val=split.y_val)
         info = est.fit_info_
-        print(f"  {name:30s} {est.score(split.X_test, split.y_test):.4f}  val {info['best_val_accuracy']:.4f} "
+        print(f"  {name:30s} {scores(est.predict(split.X_test))}  val {info['best_val_accuracy']:.4f} "
               f"ep {info['epochs']} best {info['best_epoch']} {time.perf_counter() - start:.0f}s "
               f"k {info['retrieval_k']} {info.get('selection', '')}", flush=True)
 

@@ -75,13 +75,15 @@ def digits_row(seed: int) -> Split:
 
 
 def synthetic_row(classes: int, n_train: int, rate: float, features: int, informative: int,
-                  clusters: int, sep: float) -> Callable[[int], Split]:
+                  clusters: int, sep: float, weights: list[float] | None = None) -> Callable[[int], Split]:
+    """``make_classification`` Gaussian clusters (class proportions ``weights``, default equal), ``rate``
+    symmetric noise on the first ``n_train`` rows, a clean test set of a quarter of that size."""
     def make(seed: int) -> Split:
         from sklearn.datasets import make_classification
 
         X, y = make_classification(n_samples=n_train + n_train // 4, n_features=features, n_informative=informative,
                                    n_redundant=0, n_classes=classes, n_clusters_per_class=clusters,
-                                   class_sep=sep, flip_y=0.0, random_state=seed)
+                                   class_sep=sep, flip_y=0.0, weights=weights, random_state=seed)
         X = X.astype(np.float32)
         noisy, _ = symmetric_noise(y[:n_train], rate=rate, rng=np.random.default_rng(seed), num_classes=classes)
         return holdout_split(X[:n_train], noisy, y[:n_train], X[n_train:], y[n_train:], seed)
@@ -154,10 +156,14 @@ QUICK = ("digits-sym-0.4", "synth-2", "b77-sym-0.4", "synth-200")
 # Robustness probes outside the suite (not in its table; ``benchmarks/ablate_defaults.py`` runs them):
 # synthetic problems shaped like the issue's failures under the former defaults (a 6-class set with 51%
 # weak-supervision noise, a 150-class intent set with 50% noise) and the largest class count users bring
+TAIL = 0.65 ** np.arange(10)
 PROBES: dict[str, Callable[[int], Split]] = {
     "synth-6-0.5": synthetic_row(6, 5_000, 0.5, 64, 16, 1, 2.0),
     "synth-150-0.5": synthetic_row(150, 16_667, 0.5, 128, 64, 1, 2.0),
     "synth-1000": synthetic_row(1000, 50_000, 0.4, 128, 64, 1, 2.0),
+    # a long tail: class c holds a share proportional to 0.65^c (35% of the rows to 0.7%, 48 times fewer)
+    "synth-10-tail": synthetic_row(10, 20_000, 0.3, 32, 8, 2, 1.5, weights=list(TAIL / TAIL.sum())),
+    "synth-10-small": synthetic_row(10, 330, 0.4, 32, 8, 1, 2.0),  # 330 rows: 297 to train, 33 held out
 }
 
 
