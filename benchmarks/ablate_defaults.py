@@ -64,7 +64,7 @@ def main() -> None:
     mlp = f" mlp {scores(fit_mlp(split, split.y_train, seed=seed)[0](split.X_test))}" if clean else ""
     which = f"{row} s{seed}{f' fit seed {fit_seed}' if fit_seed != seed else ''}{' clean labels' if clean else ''}"
     print(f"{which} N={len(split.y_train)} D={split.X_train.shape[1]} "
-          f"linear {linear:.4f} ({time.perf_counter() - start:.0f}s) knn {knn:.4f}{mlp}", flush=True)
+          f"linear {linear} ({time.perf_counter() - start:.0f}s) knn {knn}{mlp}", flush=True)
     for name, config in variants.items():
         start = time.perf_counter()
         est = LRAClassifier(config=config, random_state=fit_seed)

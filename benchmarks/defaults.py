@@ -164,6 +164,7 @@ PROBES: dict[str, Callable[[int], Split]] = {
     # a long tail: class c holds a share proportional to 0.65^c (35% of the rows to 0.7%, 48 times fewer)
     "synth-10-tail": synthetic_row(10, 20_000, 0.3, 32, 8, 2, 1.5, weights=list(TAIL / TAIL.sum())),
     "synth-10-small": synthetic_row(10, 330, 0.4, 32, 8, 1, 2.0),  # 330 rows: 297 to train, 33 held out
+    "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
 }
 
 
