@@ -425,8 +425,15 @@ def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_th
     # "off" measures nothing
     screen = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": "screen"}), progress=False)
     assert screen.k_rule == rule and screen.neighbours.shape[1] == 5
-    fixed = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": "off"}), progress=False)
+    off = config.replace(retrieval={"auto_k": "off"}, diffusion={"prior_targets": "labels"})
+    fixed = train(X, y, num_classes=2, config=off, progress=False)
     assert fixed.k_rule is None and fixed.neighbours.shape[1] == 5
+    # prior_targets "auto" (the default): the prior is refitted to the retrieval targets exactly where the
+    # vote is clearly the better (with auto_k "off" too, which then keeps k)
+    assert result.prior["targets"] == screen.prior["targets"] == ("retrieval" if kept else "labels")
+    auto_off = train(X, y, num_classes=2, config=off.replace(diffusion={"prior_targets": "auto"}), progress=False)
+    assert auto_off.k_rule == rule and auto_off.neighbours.shape[1] == 5
+    assert auto_off.prior["targets"] == result.prior["targets"] and fixed.prior["targets"] == "labels"
 
 
 def test_k_rule_needs_a_prior_and_validation_rows():

@@ -46,10 +46,12 @@ class DiffusionConfig:
     # "auto" (default) = the MLP where it is clearly more accurate on the held-out labels, else the linear
     # one (models/prior.py); the diffusion is centred at it and starts from it
     prior: Literal["zero", "linear", "mlp", "auto"] = "auto"
-    # what the prior is fitted to: the noisy "labels", or "retrieval" = each row's expected training target
-    # under the neighbour-label draws, the target the denoiser itself learns (an ablation option,
-    # NeighbourLabelSampler.target_distribution, built for the prior's row subsample only)
-    prior_targets: Literal["labels", "retrieval"] = "labels"
+    # what the prior is fitted to: the noisy "labels"; "retrieval" = each row's expected training target
+    # under the neighbour-label draws, the target the denoiser itself learns (NeighbourLabelSampler.
+    # target_distribution, built for the prior's row subsample only); "auto" (default) = the labels, refitted
+    # to the retrieval targets where the k-NN vote is clearly more accurate than that prior on the held-out
+    # labels (the k check's counts, the other way round)
+    prior_targets: Literal["labels", "retrieval", "auto"] = "auto"
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
     prediction: Literal["eps", "y0"] = "y0"
@@ -218,7 +220,8 @@ class Config:
             (d.stochastic_eta >= 0, "diffusion.stochastic_eta must be >= 0"),
             (d.prior in ("zero", "linear", "mlp", "auto"), "diffusion.prior must be 'zero', 'linear', 'mlp' or 'auto'"),
             (d.prediction in ("eps", "y0"), "diffusion.prediction must be 'eps' or 'y0'"),
-            (d.prior_targets in ("labels", "retrieval"), "diffusion.prior_targets must be 'labels' or 'retrieval'"),
+            (d.prior_targets in ("labels", "retrieval", "auto"),
+             "diffusion.prior_targets must be 'labels', 'retrieval' or 'auto'"),
             (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
             (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),
             (r.k >= 0, "retrieval.k must be >= 0"),

@@ -239,36 +239,47 @@ def train(
         # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
         tr = x_rows.subsample(seed) if x is None else None
 
-        def targets(rows):  # the labels, or (prior_targets "retrieval") the draws' expected targets of those rows
-            if dc.prior_targets == "labels":
-                return y_np if rows is None else y_np[rows]
-            sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
-            return sampler.target_distribution(num_classes, rows).numpy()
+        def fit_prior_to(what: str) -> dict:
+            """Fit the prior to the noisy "labels" or to the draws' expected targets ("retrieval")."""
+            rows = tr
+            if what == "labels":
+                y_fit = y_np if rows is None else y_np[rows]
+            else:
+                if x is not None and n > PRIOR_MAX_ROWS:  # (rows, C) soft targets: only the prior's rows,
+                    rows = torch.randperm(n, generator=gen)[:PRIOR_MAX_ROWS].numpy()  # drawn as fit_prior would
+                y_fit = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting).target_distribution(
+                    num_classes, rows).numpy()
+            if x is None:
+                vx, vy = val_features, val_labels
+                if isinstance(vx, FeatureRows):
+                    va = vx.subsample(seed)
+                    vx, vy = vx[va], vy[va]
+                record = fit_model_prior(model, torch.from_numpy(x_rows[rows]), y_fit, vx, vy, gen, **how)
+            else:
+                fx = x if rows is None else x[torch.from_numpy(rows)]
+                record = fit_model_prior(model, fx, y_fit, val_features, val_labels, gen, **how)
+            return {**record, "targets": what}
 
-        if x is None:
-            vx, vy = val_features, val_labels
-            if isinstance(vx, FeatureRows):
-                va = vx.subsample(seed)
-                vx, vy = vx[va], vy[va]
-            prior_info = fit_model_prior(model, torch.from_numpy(x_rows[tr]), targets(tr), vx, vy, gen, **how)
-        else:
-            if dc.prior_targets == "retrieval" and n > PRIOR_MAX_ROWS:  # (rows, C) soft targets: the prior's rows
-                tr = torch.randperm(n, generator=gen)[:PRIOR_MAX_ROWS].numpy()  # drawn as fit_prior draws them
-            fx = x if tr is None else x[torch.from_numpy(tr)]
-            prior_info = fit_model_prior(model, fx, targets(tr), val_features, val_labels, gen, **how)
-    if x is not None:
-        x = to_device(x, dev)
+        prior_info = fit_prior_to("retrieval" if dc.prior_targets == "retrieval" else "labels")
     model.to(dev)
     k_rule = None
-    if rc.auto_k != "off" and rc.k > 0 and model.has_prior and val_features is not None:
+    if ((rc.auto_k != "off" or dc.prior_targets == "auto") and rc.k > 0 and model.has_prior
+            and val_features is not None):
         vote, prior, vote_only, prior_only, rows = distributed.broadcast_from_main(
             lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx).tolist()
         # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
         k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
                   "vote_only": vote_only, "prior_only": prior_only,
                   "k": 0 if vote_clearly_worse(vote_only, prior_only, rows) else rc.k}
+        if dc.prior_targets == "auto" and vote_clearly_worse(prior_only, vote_only, rows):
+            # the vote clearly beats the prior fitted to the labels: fit it to the denoiser's own targets
+            model.cpu()
+            prior_info = fit_prior_to("retrieval")
+            model.to(dev)
         if rc.auto_k == "rule":
             neighbours = neighbours[:, : k_rule["k"]]
+    if x is not None:
+        x = to_device(x, dev)
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
     target_score = None  # select_targets "retrieval": scores predictions against the held-out rows' draws
     if tc.select_targets == "retrieval" and val_features is not None and neighbours.shape[1] and ctx.is_main:
@@ -475,7 +486,8 @@ def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float =
     more of them than chance allows (:func:`~lra_diffusion.models.clearly_better`: exact, one-sided, at
     the level of ``z`` standard deviations). A near tie keeps k: where the two differ by less, a second
     fit (``auto_k = "screen"``) changed nothing measured (BENCHMARKS "Defaults suite") and would double
-    the fit time."""
+    the fit time. With the arguments swapped: is the vote clearly *above* the prior (``prior_targets =
+    "auto"`` then fits the prior to the retrieval targets)?"""
     return prior_only - vote_only >= gap * rows and clearly_better(prior_only, vote_only, z=z)
 
 
