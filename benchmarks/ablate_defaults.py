@@ -5,7 +5,7 @@
 ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10%
 noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test
 accuracies, then per variant the test accuracy, the best hold-out accuracy, the epochs, the selected epoch,
-the seconds, the kept k and (with ``selection = "prefer_last"``) the selection record.
+the seconds, the kept k, the prior's kind and targets and (with ``selection = "prefer_last"``) the selection record.
 A variant is a nested dict of config sections (``{}`` = the package defaults), e.g.
 ``'{"paper": {"diffusion": {"prior": "zero", "prediction": "eps"}, "train": {"auto_epochs": 0}}}'``.
 
@@ -46,6 +46,12 @@ def clean_split(split: Split, seed: int) -> Split:
     return dataclasses.replace(held, val_is_clean=True)
 
 
+def prior_text(info: dict) -> str:
+    """The kept prior's kind and targets, e.g. ``prior linear/retrieval ``; empty without a prior."""
+    prior = info.get("prior")
+    return f"prior {prior['kind']}/{prior.get('targets', 'labels')} " if prior else ""
+
+
 def main() -> None:
     row, seed, variants = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     clean = "--clean" in sys.argv[4:]
@@ -72,7 +78,7 @@ def main() -> None:
         info = est.fit_info_
         print(f"  {name:30s} {scores(est.predict(split.X_test))}  val {info['best_val_accuracy']:.4f} "
               f"ep {info['epochs']} best {info['best_epoch']} {time.perf_counter() - start:.0f}s "
-              f"k {info['retrieval_k']} {info.get('selection', '')}", flush=True)
+              f"k {info['retrieval_k']} {prior_text(info)}{info.get('selection', '')}", flush=True)
 
 
 if __name__ == "__main__":
