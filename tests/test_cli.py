@@ -102,6 +102,15 @@ def test_fit_k_auto_reports_the_choice_and_saves_the_chosen_k(inputs, tmp_path):
     assert "k chosen on the validation labels: k=5: " in res.stdout and f"kept k={kept}" in res.stdout
 
 
+def test_fit_says_when_the_prior_is_fitted_to_the_retrieval_targets(inputs, tmp_path):
+    res = lra(*fit_args(inputs, tmp_path / "run"))
+    assert res.exit_code == 0 and "retrieval targets" not in res.stdout  # blobs: the vote is not ahead
+    (inputs / "tiny.toml").write_text(TOML.replace("ddim_steps = 5", 'ddim_steps = 5\nprior_targets = "retrieval"'))
+    res = lra(*fit_args(inputs, tmp_path / "soft"))
+    assert res.exit_code == 0, res.output
+    assert "prior f_q: fitted to the retrieval targets" in res.stdout
+
+
 @pytest.mark.parametrize("classes", [np.array([2, 5, 9]), np.array(["ant", "bee", "cat"])])
 def test_non_contiguous_and_string_labels_are_mapped(inputs, tmp_path, classes):
     np.save(inputs / "labels.npy", classes[np.load(inputs / "labels.npy")])

@@ -185,6 +185,8 @@ def fit(
         linear = f", linear {prior['linear_val_accuracy']:.4f}" if "linear_val_accuracy" in prior else ""
         decay = f" at weight decay {prior['mlp_weight_decay']:g}" if "mlp_weight_decay" in prior else ""
         typer.echo(f"prior f_q: {prior['kind']} (validation accuracy: MLP {prior['mlp_val_accuracy']:.4f}{decay}{linear})")
+    if info.get("prior", {}).get("targets") == "retrieval":
+        typer.echo("prior f_q: fitted to the retrieval targets (the neighbour-label draws), not the labels")
     if "k_rule" in info:
         rule = info["k_rule"]
         typer.echo(f"k check: the nearest neighbours' vote predicts {rule['vote_accuracy']:.4f} of the "
