@@ -1,6 +1,7 @@
 """Ablation rows for the defaults: LRA-diffusion variants on one row of the defaults suite.
 
-    python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}' [--clean] [--balanced] [--fit-seed S]
+    python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}'   # options:
+        [--clean] [--balanced] [--fit-seed S]
 
 ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10%
 noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test

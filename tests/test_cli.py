@@ -173,7 +173,8 @@ FIT_CASES = [
     ("k auto without validation data", {"--k": "auto", "--config": ("c.toml", "[train]\nval_fraction = 0.0\n")},
      'k="auto" chooses k on validation data'),
     ("unknown config key", {"--config": ("c.toml", "[train]\nepoch = 3\n")},
-     "unknown config key(s) ['epoch'] in [train]; valid keys: ['auto_class_max_steps', 'auto_class_visits', 'auto_epochs'"),
+     "unknown config key(s) ['epoch'] in [train]; valid keys: "
+     "['auto_class_max_steps', 'auto_class_visits', 'auto_epochs'"),
     ("unknown config section", {"--config": ("c.toml", "[optim]\nlr = 1\n")}, "unknown config section(s) ['optim']"),
     ("bad toml", {"--config": ("c.toml", "[train\n")}, "is not a valid TOML file"),
     ("bad config value", {"--config": ("c.toml", "[train]\nbatch_size = 1\n")}, "train.batch_size must be >= 2"),
