@@ -417,7 +417,7 @@ def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_th
                                             diffusion={"prior": "linear"})
     result = train(X, y, num_classes=2, config=config, progress=False)
     rule = result.k_rule
-    assert rule["rows"] == 60  # the 10% hold-out, all of it
+    assert rule["rows"] == 60 and not rule["crossfit"]  # the 10% hold-out, all of it
     assert (rule["vote_accuracy"] >= rule["prior_accuracy"]) == kept
     assert abs(rule["vote_accuracy"] - rule["prior_accuracy"]) > 0.2  # each data set is clear-cut
     assert rule["k"] == result.neighbours.shape[1] == (5 if kept else 0)
@@ -434,6 +434,23 @@ def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_th
     auto_off = train(X, y, num_classes=2, config=off.replace(diffusion={"prior_targets": "auto"}), progress=False)
     assert auto_off.k_rule == rule and auto_off.neighbours.shape[1] == 5
     assert auto_off.prior["targets"] == result.prior["targets"] and fixed.prior["targets"] == "labels"
+
+
+def test_the_k_check_counts_the_training_rows_too_below_its_row_option():
+    """[retrieval] crossfit_below_rows: on fewer held-out rows, out-of-fold counts on the training rows too:
+    the vote of each row's own neighbours (itself excluded) and a prior fitted without the row's fold."""
+    X, y = _xor_clusters()
+    config = Config.from_dict(TINY).replace(train={"epochs": 1}, diffusion={"prior": "linear"},
+                                            retrieval={"crossfit_below_rows": 61})
+    small = train(X, y, num_classes=2, config=config, progress=False).k_rule
+    assert small["crossfit"] and small["rows"] == 600  # 60 held out + 540 training rows
+    # XOR: the vote is right on almost every row, a linear prior near chance
+    assert small["vote_accuracy"] > 0.95 and small["prior_accuracy"] < 0.7
+    held_out = train(X, y, num_classes=2, config=config.replace(retrieval={"crossfit_below_rows": 60}),
+                     progress=False).k_rule
+    assert not held_out["crossfit"] and held_out["rows"] == 60
+    with pytest.raises(InputError, match="retrieval.crossfit_below_rows must be >= 0"):
+        config.replace(retrieval={"crossfit_below_rows": -1})
 
 
 def test_k_rule_needs_a_prior_and_validation_rows():

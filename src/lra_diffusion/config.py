@@ -76,6 +76,9 @@ class RetrievalConfig:
     # fit with the better held-out accuracy (k wins ties); "rule": train with k = 0 at once (no second
     # fit; it costs 8.5 points on one data set); "off": k as given
     auto_k: Literal["off", "screen", "rule"] = "screen"
+    # the check on fewer held-out rows than this also counts the training rows, out of fold (0: never; an
+    # ablation option, BENCHMARKS "Defaults suite": 500 gains on 300-row sets, costs the demo)
+    crossfit_below_rows: int = 0
     metric: Literal["euclidean", "cosine"] = "euclidean"
     backend: Literal["auto", "torch", "faiss"] = "auto"
     exclude_self: bool = True
@@ -232,6 +235,7 @@ class Config:
              and min(r.nlist, r.nprobe, r.ef_search) >= 0,
              "retrieval.index must be 'auto', 'exact', 'ivf' or 'hnsw', retrieval.store 'auto', 'flat' or 'sq8', "
              "and retrieval.nlist / nprobe / ef_search >= 0"),
+            (r.crossfit_below_rows >= 0, "retrieval.crossfit_below_rows must be >= 0"),
             (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
             (t.auto_epochs >= 0, "train.auto_epochs must be >= 0"),

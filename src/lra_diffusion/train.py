@@ -265,11 +265,15 @@ def train(
     k_rule = None
     if ((rc.auto_k != "off" or dc.prior_targets == "auto") and rc.k > 0 and model.has_prior
             and val_features is not None):
-        vote, prior, vote_only, prior_only, rows = distributed.broadcast_from_main(
-            lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx).tolist()
+        counts = distributed.broadcast_from_main(
+            lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx)
+        crossfit = x is not None and counts[4] < rc.crossfit_below_rows and n >= CROSSFIT_FOLDS
+        if crossfit:  # too few held-out rows to tell: the training rows too, out of fold (same on every rank)
+            counts = counts + crossfit_counts(model, x, y_np, neighbours, val_features, val_labels, how)
+        vote, prior, vote_only, prior_only, rows = counts.tolist()
         # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
         k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
-                  "vote_only": vote_only, "prior_only": prior_only,
+                  "vote_only": vote_only, "prior_only": prior_only, "crossfit": crossfit,
                   "k": 0 if vote_clearly_worse(vote_only, prior_only, rows) else rc.k}
         if dc.prior_targets == "auto" and vote_clearly_worse(prior_only, vote_only, rows):
             # the vote clearly beats the prior fitted to the labels: fit it to the denoiser's own targets
@@ -478,6 +482,35 @@ def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray,
     with torch.no_grad():
         prior = model.prior_mean(torch.from_numpy(q).to(dev)).argmax(1).cpu().numpy() == yq
     return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(yq)], dtype=np.int64)
+
+
+CROSSFIT_FOLDS = 5  # [retrieval] crossfit_below_rows: the training rows' out-of-fold prior predictions
+
+
+def crossfit_counts(model: LabelDenoiser, x: torch.Tensor, labels: np.ndarray, neighbours: np.ndarray,
+                    val_features, val_labels: np.ndarray, how: dict) -> np.ndarray:
+    """The k check's counts (as :func:`k_rule_counts`) on the *training* rows, for a held-out slice too
+    small to tell the vote and the prior apart: each row's vote is that of its own ``k`` neighbours (itself
+    excluded, as the draws), its prior prediction that of a prior of the same ``kind`` fitted on the other
+    :data:`CROSSFIT_FOLDS` - 1 folds (chosen on the held-out labels as the prior). Both predict the row's
+    noisy label. Seeded by ``how["seed"]`` alone: the run's generator draws nothing here."""
+    g = torch.Generator().manual_seed(how["seed"])
+    folds = torch.randperm(len(labels), generator=g).numpy() % CROSSFIT_FOLDS
+    with torch.no_grad():
+        f = model.standardise(x.to(model.feat_mean.device)).cpu()
+        f_val = model.standardise(torch.from_numpy(np.asarray(val_features)).to(model.feat_mean.device)).cpu()
+    y, y_val = torch.from_numpy(labels), torch.from_numpy(val_labels)
+    prior = np.empty(len(labels), dtype=np.int64)
+    for j in range(CROSSFIT_FOLDS):
+        out = torch.from_numpy(folds == j)
+        fitted, _ = choose_prior(f[~out], y[~out], model.num_classes, kind=how["kind"], f_val=f_val, y_val=y_val,
+                                 hidden=how["hidden"], seed=how["seed"], generator=g)
+        with torch.no_grad():
+            prior[out.numpy()] = fitted.logits(f[out]).argmax(1).numpy()
+    vote = neighbour_vote(labels[neighbours]) == labels
+    prior = prior == labels
+    return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(labels)],
+                    dtype=np.int64)
 
 
 def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float = 2.0, gap: float = 0.01) -> bool:
