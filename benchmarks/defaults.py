@@ -50,7 +50,7 @@ from lra_diffusion.benchmark import (
     run_baselines,
     write_result,
 )
-from lra_diffusion.data import symmetric_noise
+from lra_diffusion.data import asymmetric_noise, pairflip_noise, symmetric_noise
 from lra_diffusion.estimator import LRAClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +72,18 @@ def digits_row(seed: int) -> Split:
 
     d = demo_data(seed)
     return holdout_split(d.X_train, d.y_train_noisy, d.y_train_clean, d.X_test, d.y_test, seed)
+
+
+def digits_pairflip_row(rate: float) -> Callable[[int], Split]:
+    """The demo's digits split with ``rate`` pair-flip noise (class c -> c + 1) instead of symmetric."""
+    def make(seed: int) -> Split:
+        from lra_diffusion.demo import demo_data
+
+        d = demo_data(seed)
+        noisy, _ = pairflip_noise(d.y_train_clean, rate=rate, rng=np.random.default_rng(seed), num_classes=10)
+        return holdout_split(d.X_train, noisy, d.y_train_clean, d.X_test, d.y_test, seed)
+
+    return make
 
 
 def synthetic_row(classes: int, n_train: int, rate: float, features: int, informative: int,
@@ -124,8 +136,12 @@ def cifar_row(encoder: str, setting: str) -> Callable[[int], Split]:
             _CIFAR[encoder] = (train, test)
         train, test = _CIFAR[encoder]
         # every CIFAR row uses all 50,000 training images with a noisy 10% hold-out (no clean labels)
-        full = cifar10_split({"pmd-0.35": "c10n-worse"}.get(setting, setting), train, test, root, holdout=0)
+        full = cifar10_split(setting if setting.startswith(("pmd", "c10n")) else "c10n-worse", train, test, root,
+                             holdout=0)
         clean = full.y_train_clean
+        if setting.startswith("asym-"):  # the class map truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
+            noisy, _ = asymmetric_noise(clean, rate=float(setting[5:]), rng=np.random.default_rng(seed), num_classes=10)
+            return holdout_split(train, noisy, clean, test, full.y_test, seed)
         if setting == "pmd-0.35":
             from lra_diffusion.data import load_pmd_labels
 
@@ -165,6 +181,10 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "synth-10-tail": synthetic_row(10, 20_000, 0.3, 32, 8, 2, 1.5, weights=list(TAIL / TAIL.sum())),
     "synth-10-small": synthetic_row(10, 330, 0.4, 32, 8, 1, 2.0),  # 330 rows: 297 to train, 33 held out
     "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
+    # class-dependent noise, which a neighbour vote cannot average away where a whole class is flipped one way
+    "digits-pair-0.4": digits_pairflip_row(0.4),
+    "b77-pair-0.4": text_row("b77-pair-0.4"),
+    "c10-effnet-asym-0.4": cifar_row("effnet", "asym-0.4"),
 }
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from lra_diffusion.benchmark import Split, read_results, replace_section, run_baselines, run_lra, write_result
 from lra_diffusion.config import Config
-from lra_diffusion.data import instance_noise, load_banking77, load_noisy_ag_news, symmetric_noise
+from lra_diffusion.data import instance_noise, load_banking77, load_noisy_ag_news, pairflip_noise, symmetric_noise
 from lra_diffusion.data.text import TextDataset
 from lra_diffusion.estimator import LRAClassifier
 
@@ -117,6 +117,8 @@ def make_split(setting: str, data: dict[str, TextData], seed: int) -> tuple[Spli
         rng = np.random.default_rng(seed)
         if kind == "sym":
             noisy, _ = symmetric_noise(clean, rate=float(rate), rng=rng, num_classes=d.train.num_classes)
+        elif kind == "pair":  # class c -> c + 1 (probes of benchmarks/defaults.py)
+            noisy, _ = pairflip_noise(clean, rate=float(rate), rng=rng, num_classes=d.train.num_classes)
         elif kind == "inst":
             noisy, _ = instance_noise(clean, rate=float(rate), features=d.X_train, rng=rng,
                                       num_classes=d.train.num_classes)

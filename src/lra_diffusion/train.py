@@ -481,7 +481,13 @@ def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray,
     vote = neighbour_vote(labels[nb]) == yq
     with torch.no_grad():
         prior = model.prior_mean(torch.from_numpy(q).to(dev)).argmax(1).cpu().numpy() == yq
-    return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(yq)], dtype=np.int64)
+    return check_counts(vote, prior)
+
+
+def check_counts(vote: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """(5,) int64 from the rows the vote / the prior gets right (bool arrays): both totals, the rows only the
+    vote and only the prior gets right, and the number of rows."""
+    return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(vote)], dtype=np.int64)
 
 
 CROSSFIT_FOLDS = 5  # [retrieval] crossfit_below_rows: the training rows' out-of-fold prior predictions
@@ -507,10 +513,7 @@ def crossfit_counts(model: LabelDenoiser, x: torch.Tensor, labels: np.ndarray, n
                                  hidden=how["hidden"], seed=how["seed"], generator=g)
         with torch.no_grad():
             prior[out.numpy()] = fitted.logits(f[out]).argmax(1).numpy()
-    vote = neighbour_vote(labels[neighbours]) == labels
-    prior = prior == labels
-    return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(labels)],
-                    dtype=np.int64)
+    return check_counts(neighbour_vote(labels[neighbours]) == labels, prior == labels)
 
 
 def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float = 2.0, gap: float = 0.01) -> bool:
