@@ -48,9 +48,12 @@ def clean_split(split: Split, seed: int) -> Split:
 
 
 def prior_text(info: dict) -> str:
-    """The kept prior's kind and targets, e.g. ``prior linear/retrieval ``; empty without a prior."""
+    """The kept prior's kind and targets, e.g. ``prior linear/retrieval ``, and the k check's flip concentration;
+    empty without a prior."""
     prior = info.get("prior")
-    return f"prior {prior['kind']}/{prior.get('targets', 'labels')} " if prior else ""
+    conc = (info.get("k_rule") or {}).get("flip_concentration")
+    return (f"prior {prior['kind']}/{prior.get('targets', 'dropped')} " if prior else "") + (
+        f"flips {conc:.2f} " if conc is not None else "")
 
 
 def main() -> None:

@@ -308,3 +308,16 @@ def test_bad_k(kw, message):
     X, y = make_blobs()
     with pytest.raises(InputError, match=message):
         LRAClassifier(config=TINY, **kw).fit(X, y)
+
+
+@pytest.mark.floats
+def test_a_dropped_prior_is_saved_as_prior_zero(tmp_path):
+    """Pair-flipped labels: the fit drops the prior; config_ says so and the run loads and predicts the same."""
+    X, y = make_blobs(600, classes=4)
+    y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 4, y)
+    est = small().fit(X, y)
+    assert est.fit_info_["prior"]["kind"] == "zero" and est.config_.diffusion.prior == "zero"
+    assert not est.model_.has_prior
+    est.save(tmp_path / "run")
+    loaded = LRAClassifier.load(tmp_path / "run")
+    np.testing.assert_array_equal(loaded.predict_label_vectors(X), est.predict_label_vectors(X))

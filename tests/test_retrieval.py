@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from lra_diffusion import retrieval
 from lra_diffusion.errors import InputError
-from lra_diffusion.retrieval import NeighbourLabelSampler, faiss_available, knn, knn_torch
+from lra_diffusion.retrieval import NeighbourLabelSampler, faiss_available, flip_concentration, knn, knn_torch
 
 BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="no faiss"))]
 
@@ -168,3 +169,20 @@ def test_neighbour_vote_takes_the_majority_and_breaks_ties_by_the_nearest():
 
     labels = np.array([[1, 2, 2, 0], [3, 1, 1, 3], [0, 1, 2, 3], [4, 4, 4, 4]])
     assert neighbour_vote(labels).tolist() == [2, 3, 0, 4]
+
+
+def test_flip_concentration_is_0_for_uniform_flips_and_1_for_pair_flips(monkeypatch):
+    # every row's neighbours vote for its own class c = row % 3; labels: the vote, or a flip
+    clean = np.arange(30) % 3
+    neighbours = np.array([[j for j in range(30) if j % 3 == i % 3 and j != i] for i in range(30)])  # (30, 9)
+    monkeypatch.setattr(retrieval, "FLIP_MIN_ROWS", 2)  # 6 of 30 rows flipped: two a class
+    pair = clean.copy()
+    pair[:6] = (clean[:6] + 1) % 3  # two rows of each class flipped, all to the next class
+    assert flip_concentration(pair, neighbours, 3) == pytest.approx(1.0)
+    uniform = clean.copy()
+    uniform[:6] = (clean[:6] + np.array([1, 1, 1, 2, 2, 2])) % 3  # per class: one to each other class
+    assert flip_concentration(uniform, neighbours, 3) == pytest.approx(0.0)
+    assert flip_concentration(clean, neighbours, 3) is None  # no disagreement
+    assert flip_concentration(clean % 2, neighbours, 2) is None  # two classes: every flip is a pair flip
+    monkeypatch.setattr(retrieval, "FLIP_MIN_ROWS", 3)
+    assert flip_concentration(pair, neighbours, 3) is None  # too few disagreeing rows to tell

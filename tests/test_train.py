@@ -159,7 +159,9 @@ def test_external_validation_set_is_used_for_selection():
 def test_prior_fitted_to_the_retrieval_targets():
     X, y = make_blobs(300, seed=3)
     y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)
-    base = Config.from_dict(TINY).replace(diffusion={"prior": "linear"}, train={"epochs": 1})
+    # (pair flips: the prior is kept here, not dropped)
+    base = Config.from_dict(TINY).replace(diffusion={"prior": "linear", "prior_drop_concentration": 1.0},
+                                          train={"epochs": 1})
     labels = train(X, y, num_classes=3, config=base.replace(diffusion={"prior_targets": "labels"}), seed=1,
                    progress=False)
     soft = train(X, y, num_classes=3, config=base.replace(diffusion={"prior_targets": "retrieval"}), seed=1,
@@ -167,6 +169,32 @@ def test_prior_fitted_to_the_retrieval_targets():
     # another prior from the same rows: the draws' expected targets are smoother than the labels
     assert not torch.equal(labels.model.prior_weight, soft.model.prior_weight)
     assert soft.prior["kind"] == "linear" and soft.prior["linear_val_accuracy"] is not None
+
+
+def _pair_flips(n: int = 600, rate: float = 0.4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four blobs, ``rate`` of each class's labels flipped to the next class."""
+    X, y = make_blobs(n, classes=4, seed=seed)
+    return X, np.where(np.random.default_rng(seed).random(n) < rate, (y + 1) % 4, y)
+
+
+def test_the_prior_is_dropped_where_the_labels_flip_in_pairs():
+    X, y = _pair_flips()
+    config = Config.from_dict(TINY).replace(train={"epochs": 2}, diffusion={"prior": "linear"})
+    dropped = train(X, y, num_classes=4, config=config, progress=False)
+    assert dropped.k_rule["flip_concentration"] > 0.4 and not dropped.model.has_prior  # (votes flip too)
+    assert dropped.prior["kind"] == "zero" and dropped.prior["dropped"]["kind"] == "linear"
+    # the same as prior "zero" from the start (same initial weights and draws)
+    zero = train(X, y, num_classes=4, config=config.replace(diffusion={"prior": "zero"}), progress=False)
+    assert dropped.history == zero.history
+    # symmetric flips, or the option at 1: the prior stays
+    clean = make_blobs(600, classes=4)[1]
+    ys = np.where(np.random.default_rng(0).random(600) < 0.4, (clean + np.random.default_rng(1).integers(1, 4, 600)) % 4,
+                  clean)
+    kept = train(X, ys, num_classes=4, config=config, progress=False)
+    assert kept.k_rule["flip_concentration"] < 0.25 and kept.model.has_prior
+    never = train(X, y, num_classes=4, config=config.replace(diffusion={"prior_drop_concentration": 1.0}),
+                  progress=False)
+    assert never.model.has_prior and never.prior["kind"] == "linear"
 
 
 @pytest.mark.parametrize("weighting", [True, False])

@@ -187,6 +187,9 @@ def fit(
         typer.echo(f"prior f_q: {prior['kind']} (validation accuracy: MLP {prior['mlp_val_accuracy']:.4f}{decay}{linear})")
     if info.get("prior", {}).get("targets") == "retrieval":
         typer.echo("prior f_q: fitted to the retrieval targets (the neighbour-label draws), not the labels")
+    if info.get("prior", {}).get("kind") == "zero":
+        typer.echo(f"prior f_q: none (the labels flip in pairs: flip concentration "
+                   f"{info['k_rule']['flip_concentration']:.2f}; a classifier fitted to them would learn the flips)")
     if "k_rule" in info:
         rule = info["k_rule"]
         typer.echo(f"k check: the nearest neighbours' vote predicts {rule['vote_accuracy']:.4f} of the "

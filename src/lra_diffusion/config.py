@@ -52,6 +52,10 @@ class DiffusionConfig:
     # to the retrieval targets where the k-NN vote is clearly more accurate than that prior on the held-out
     # labels (the k check's counts, the other way round)
     prior_targets: Literal["labels", "retrieval", "auto"] = "auto"
+    # drop the prior (train as prior "zero") where the noisy labels flip in pairs: the disagreements between
+    # the labels and the k-NN vote concentrate on one other class above this (retrieval.flip_concentration:
+    # 0 = uniform, 1 = pair flips) and the vote is not clearly worse than the prior; 1 = never
+    prior_drop_concentration: float = 0.25
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)
     prediction: Literal["eps", "y0"] = "y0"
@@ -235,6 +239,7 @@ class Config:
              and min(r.nlist, r.nprobe, r.ef_search) >= 0,
              "retrieval.index must be 'auto', 'exact', 'ivf' or 'hnsw', retrieval.store 'auto', 'flat' or 'sq8', "
              "and retrieval.nlist / nprobe / ef_search >= 0"),
+            (0 <= d.prior_drop_concentration <= 1, "diffusion.prior_drop_concentration must be in [0, 1]"),
             (r.crossfit_below_rows >= 0, "retrieval.crossfit_below_rows must be >= 0"),
             (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),

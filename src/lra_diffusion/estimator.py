@@ -205,6 +205,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         selection = {c.retrieval.k: r.best_val_accuracy for c, r in fits}
         best = max(fits, key=lambda f: f[1].best_val_accuracy)  # the first (the config's k) wins ties
         config, result = best
+        if result.prior is not None and result.prior["kind"] == "zero":  # dropped (the labels flip in pairs)
+            config = config.replace(diffusion={"prior": "zero"})
         self.config_ = config
         self.model_ = result.model
         self.history_ = result.history

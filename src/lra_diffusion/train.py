@@ -35,7 +35,7 @@ from .io import load_tensors, save_tensors, sha256_array
 from .models import PRIOR_MAX_ROWS, LabelDenoiser, choose_prior, clearly_better
 from . import distributed
 from .features import FeatureRows, is_mapped, map_chunks
-from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming, neighbour_vote
+from .retrieval import NeighbourLabelSampler, ann_params, flip_concentration, knn, knn_streaming, neighbour_vote
 
 
 @dataclass
@@ -226,13 +226,17 @@ def train(
 
     # The initial weights come from the seed too: nn.Linear draws from torch's global CPU generator, so
     # seed it inside a fork that restores the caller's state afterwards.
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        model = LabelDenoiser.from_config(num_classes, x_rows.shape[1], config)
-    if x is None:
-        model.set_feature_stats(*x_rows.mean_std())  # two chunked passes, float64 sums
-    else:
-        model.set_feature_stats(x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    # mapped: two chunked passes, float64 sums
+    stats = x_rows.mean_std() if x is None else (x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+
+    def build(cfg: Config) -> LabelDenoiser:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            built = LabelDenoiser.from_config(num_classes, x_rows.shape[1], cfg)
+        built.set_feature_stats(*stats)
+        return built
+
+    model = build(config)
     prior_info = None
     if model.has_prior:
         how = {"kind": dc.prior, "hidden": config.model.feature_dim, "seed": seed}
@@ -263,19 +267,26 @@ def train(
         prior_info = fit_prior_to("retrieval" if dc.prior_targets == "retrieval" else "labels")
     model.to(dev)
     k_rule = None
-    if ((rc.auto_k != "off" or dc.prior_targets == "auto") and rc.k > 0 and model.has_prior
-            and val_features is not None):
+    if ((rc.auto_k != "off" or dc.prior_targets == "auto" or dc.prior_drop_concentration < 1) and rc.k > 0
+            and model.has_prior and val_features is not None):
         counts = distributed.broadcast_from_main(
             lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx)
-        crossfit = x is not None and counts[4] < rc.crossfit_below_rows and n >= CROSSFIT_FOLDS
+        crossfit = bool(x is not None and counts[4] < rc.crossfit_below_rows and n >= CROSSFIT_FOLDS)
         if crossfit:  # too few held-out rows to tell: the training rows too, out of fold (same on every rank)
             counts = counts + crossfit_counts(model, x, y_np, neighbours, val_features, val_labels, how)
         vote, prior, vote_only, prior_only, rows = counts.tolist()
         # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
         k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
                   "vote_only": vote_only, "prior_only": prior_only, "crossfit": crossfit,
-                  "k": 0 if vote_clearly_worse(vote_only, prior_only, rows) else rc.k}
-        if dc.prior_targets == "auto" and vote_clearly_worse(prior_only, vote_only, rows):
+                  "k": 0 if vote_clearly_worse(vote_only, prior_only, rows) else rc.k,
+                  "flip_concentration": flip_concentration(y_np, neighbours, num_classes)}
+        if ((k_rule["flip_concentration"] or 0) > dc.prior_drop_concentration
+                and not vote_clearly_worse(vote_only, prior_only, rows)):
+            # the labels flip in pairs, which a classifier fitted to them learns (and the noisy held-out
+            # labels reward): train without the prior, as prior "zero" (the same initial weights)
+            prior_info = {"kind": "zero", "dropped": prior_info}
+            model = build(config.replace(diffusion={"prior": "zero"})).to(dev)
+        elif dc.prior_targets == "auto" and vote_clearly_worse(prior_only, vote_only, rows):
             # the vote clearly beats the prior fitted to the labels: fit it to the denoiser's own targets
             model.cpu()
             prior_info = fit_prior_to("retrieval")
