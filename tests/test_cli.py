@@ -111,6 +111,16 @@ def test_fit_says_when_the_prior_is_fitted_to_the_retrieval_targets(inputs, tmp_
     assert "prior f_q: fitted to the retrieval targets" in res.stdout
 
 
+def test_fit_says_when_the_prior_is_dropped(inputs, tmp_path):
+    X, y = make_blobs(600, classes=4)
+    np.save(inputs / "features.npy", X)
+    np.save(inputs / "labels.npy", np.where(np.random.default_rng(0).random(600) < 0.4, (y + 1) % 4, y))
+    res = lra(*fit_args(inputs, tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    assert "prior f_q: none (the labels flip in pairs: flip concentration 0." in res.stdout
+    assert LRAClassifier.load(tmp_path / "run").config_.diffusion.prior == "zero"
+
+
 @pytest.mark.parametrize("classes", [np.array([2, 5, 9]), np.array(["ant", "bee", "cat"])])
 def test_non_contiguous_and_string_labels_are_mapped(inputs, tmp_path, classes):
     np.save(inputs / "labels.npy", classes[np.load(inputs / "labels.npy")])
