@@ -177,7 +177,7 @@ def _pair_flips(n: int = 600, rate: float = 0.4, seed: int = 0) -> tuple[np.ndar
     return X, np.where(np.random.default_rng(seed).random(n) < rate, (y + 1) % 4, y)
 
 
-def test_the_prior_is_dropped_where_the_labels_flip_in_pairs():
+def test_the_prior_is_dropped_where_the_labels_flip_in_pairs(monkeypatch):
     X, y = _pair_flips()
     config = Config.from_dict(TINY).replace(train={"epochs": 2}, diffusion={"prior": "linear"})
     dropped = train(X, y, num_classes=4, config=config, progress=False)
@@ -195,6 +195,8 @@ def test_the_prior_is_dropped_where_the_labels_flip_in_pairs():
     never = train(X, y, num_classes=4, config=config.replace(diffusion={"prior_drop_concentration": 1.0}),
                   progress=False)
     assert never.model.has_prior and never.prior["kind"] == "linear"
+    monkeypatch.setattr(train_module, "PRIOR_DROP_MAX_CLASSES", 3)  # more classes than that: kept
+    assert train(X, y, num_classes=4, config=config, progress=False).model.has_prior
 
 
 @pytest.mark.parametrize("weighting", [True, False])
