@@ -55,7 +55,9 @@ def test_lra_record_says_which_k_and_prior_the_defaults_kept():
     record = run_lra(split, config={"train": {"epochs": 2}}, seed=0)
     info = json.loads(json.dumps(record))["fit_info"]  # JSON-ready, as the benchmark writes it
     assert info["retrieval_k"] in (0, 10)
-    assert info["prior"]["kind"] in ("linear", "mlp")
+    prior = info["prior"]  # pair flips: the prior may be dropped (prior_drop_concentration), and the record says so
+    assert prior["kind"] in ("linear", "mlp") or prior["kind"] == "zero" and prior["dropped"]["kind"] in ("linear", "mlp")
+    assert info["k_rule"]["flip_concentration"] is not None
     assert info["k_rule"]["k"] in (0, 10)
 
 

@@ -267,7 +267,7 @@ def test_prefer_last_keeps_the_last_epoch_unless_the_best_is_clearly_better(best
 def test_prefer_last_returns_the_weights_it_names():
     X, y = make_blobs(300, seed=3)
     y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)  # noisy: candidates differ
-    base = Config.from_dict(TINY).replace(train={"epochs": 8, "evals": 8})
+    base = Config.from_dict(TINY).replace(train={"epochs": 8, "evals": 8}, diffusion={"prior_drop_concentration": 1.0})
     best = train(X, y, num_classes=3, config=base, seed=1, progress=False)
     pref = train(X, y, num_classes=3, config=base.replace(train={"selection": "prefer_last"}), seed=1, progress=False)
     # the last epoch's weights alone: one candidate, no untrained start
@@ -455,7 +455,7 @@ def test_k_rule_turns_retrieval_off_only_where_the_neighbours_vote_worse_than_th
     # "off" measures nothing
     screen = train(X, y, num_classes=2, config=config.replace(retrieval={"auto_k": "screen"}), progress=False)
     assert screen.k_rule == rule and screen.neighbours.shape[1] == 5
-    off = config.replace(retrieval={"auto_k": "off"}, diffusion={"prior_targets": "labels"})
+    off = config.replace(retrieval={"auto_k": "off"}, diffusion={"prior_targets": "labels", "prior_drop_concentration": 1.0})
     fixed = train(X, y, num_classes=2, config=off, progress=False)
     assert fixed.k_rule is None and fixed.neighbours.shape[1] == 5
     # prior_targets "auto" (the default): the prior is refitted to the retrieval targets exactly where the
