@@ -183,7 +183,9 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
     # class-dependent noise, which a neighbour vote cannot average away where a whole class is flipped one way
     "digits-pair-0.4": digits_pairflip_row(0.4),
+    "digits-pair-0.2": digits_pairflip_row(0.2),
     "b77-pair-0.4": text_row("b77-pair-0.4"),
+    "b77-pair-0.2": text_row("b77-pair-0.2"),
     "c10-effnet-asym-0.4": cifar_row("effnet", "asym-0.4"),
 }
 
