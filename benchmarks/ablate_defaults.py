@@ -63,6 +63,7 @@ def main() -> None:
     fit_seed = int(sys.argv[sys.argv.index("--fit-seed") + 1]) if "--fit-seed" in sys.argv else seed
     split = {**defaults.ROWS, **defaults.PROBES}[row](seed)
     split = clean_split(split, seed) if clean else split
+
     def scores(predicted) -> str:
         """Test accuracy (and with ``--balanced`` the balanced accuracy) of predicted test labels."""
         acc = f"{(predicted == split.y_test).mean():.4f}"

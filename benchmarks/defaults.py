@@ -136,10 +136,10 @@ def cifar_row(encoder: str, setting: str) -> Callable[[int], Split]:
             _CIFAR[encoder] = (train, test)
         train, test = _CIFAR[encoder]
         # every CIFAR row uses all 50,000 training images with a noisy 10% hold-out (no clean labels)
-        full = cifar10_split(setting if setting.startswith(("pmd", "c10n")) else "c10n-worse", train, test, root,
-                             holdout=0)
+        # (a CIFAR-10N split for the clean labels of all 50,000 rows; the PMD and asymmetric rows add their own noise)
+        full = cifar10_split(setting if setting.startswith("c10n") else "c10n-worse", train, test, root, holdout=0)
         clean = full.y_train_clean
-        if setting.startswith("asym-"):  # the class map truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
+        if setting.startswith("asym-"):  # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
             noisy, _ = asymmetric_noise(clean, rate=float(setting[5:]), rng=np.random.default_rng(seed), num_classes=10)
             return holdout_split(train, noisy, clean, test, full.y_test, seed)
         if setting == "pmd-0.35":

@@ -275,13 +275,14 @@ def train(
         if crossfit:  # too few held-out rows to tell: the training rows too, out of fold (same on every rank)
             counts = counts + crossfit_counts(model, x, y_np, neighbours, val_features, val_labels, how)
         vote, prior, vote_only, prior_only, rows = counts.tolist()
+        vote_worse = vote_clearly_worse(vote_only, prior_only, rows)
         # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
         k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
                   "vote_only": vote_only, "prior_only": prior_only, "crossfit": crossfit,
-                  "k": 0 if vote_clearly_worse(vote_only, prior_only, rows) else rc.k,
+                  "k": 0 if vote_worse else rc.k,
                   "flip_concentration": flip_concentration(y_np, neighbours, num_classes)}
         if ((k_rule["flip_concentration"] or 0) > dc.prior_drop_concentration and num_classes <= PRIOR_DROP_MAX_CLASSES
-                and not vote_clearly_worse(vote_only, prior_only, rows)):
+                and not vote_worse):
             # the labels flip in pairs, which a classifier fitted to them learns (and the noisy held-out
             # labels reward): train without the prior, as prior "zero" (the same initial weights)
             prior_info = {"kind": "zero", "dropped": prior_info}
