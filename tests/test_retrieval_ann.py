@@ -144,7 +144,7 @@ def test_cell_blocks_search_a_superset_of_each_rows_probes():
     """The dense per-cell search (flat store) compares each row with every row of the cells its cell's
     rows probe: never farther neighbours than faiss's own scan of the row's nprobe cells, and the
     same result however the blocks are split."""
-    from lra_diffusion.retrieval import _build_ivf_self, _search_cells, _search_ivf_self
+    from lra_diffusion.retrieval import _build_ivf_self, _search_cells
 
     X = clustered(3000)
     flat = AnnParams(index="ivf", nlist=64, nprobe=3, train_size=3000)

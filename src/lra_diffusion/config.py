@@ -55,7 +55,7 @@ class DiffusionConfig:
     # drop the prior (train as prior "zero") where the noisy labels flip in pairs: the disagreements between
     # the labels and the k-NN vote concentrate on one other class above this (retrieval.flip_concentration:
     # 0 = uniform, 1 = pair flips) and the vote is not clearly worse than the prior; 1 = never; only up to
-    # 100 classes (train.PRIOR_DROP_MAX_CLASSES: without a prior many classes train too slowly)
+    # 100 classes (k_check.PRIOR_DROP_MAX_CLASSES: without a prior many classes train too slowly)
     prior_drop_concentration: float = 0.25
     # what the network predicts: the noise eps (DDPM, CARD and the paper) or the clean label vector y0
     # (Ho et al. 2020's "x0" parameterisation; its MSE is the eps loss weighted by the SNR)

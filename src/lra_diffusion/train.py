@@ -32,10 +32,11 @@ from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
 from .io import load_tensors, save_tensors, sha256_array
-from .models import PRIOR_MAX_ROWS, LabelDenoiser, choose_prior, clearly_better
+from .k_check import TrainingRows, settle_prior
+from .models import LabelDenoiser, clearly_better
 from . import distributed
 from .features import FeatureRows, is_mapped, map_chunks
-from .retrieval import NeighbourLabelSampler, ann_params, flip_concentration, knn, knn_streaming, neighbour_vote
+from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming
 
 
 @dataclass
@@ -160,6 +161,45 @@ def training_step(
     return loss.item()
 
 
+def training_rows(features: np.ndarray, labels: np.ndarray, num_classes: int, config: Config,
+                  val_features: np.ndarray | None, val_labels: np.ndarray | None, generator: torch.Generator,
+                  dev: torch.device, ctx) -> TrainingRows:
+    """Check the inputs, hold out ``config.train.val_fraction`` of the rows (without validation data) and
+    find every training row's ``config.retrieval.k`` nearest training rows (once, on rank 0)."""
+    rc = config.retrieval
+    mapped = is_mapped(features)  # a memory-mapped file stays on disk: read in chunks and batches
+    features = features if mapped else np.ascontiguousarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    check_inputs(features, labels, num_classes)
+    if (val_features is None) != (val_labels is None):
+        raise InputError("give both val_features and val_labels, or neither")
+    if val_features is not None:
+        val_features = np.ascontiguousarray(val_features, dtype=np.float32)
+        val_labels = np.asarray(val_labels, dtype=np.int64)
+        check_inputs(val_features, val_labels, num_classes, what="validation ")
+        train_idx, val_idx = np.arange(len(features)), None
+    else:
+        train_idx, val_idx = split_holdout(len(features), config.train.val_fraction, generator)
+        if val_idx is not None:
+            val_features = FeatureRows(features, val_idx) if mapped else features[val_idx]
+            val_labels = labels[val_idx]
+    x_rows = FeatureRows(features, train_idx)
+    n = len(x_rows)
+    if rc.k >= n:
+        raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
+    ann = ann_params(n, "ivf" if rc.index == "auto" else rc.index, dim=x_rows.shape[1], store=rc.store,
+                     nlist=rc.nlist or None, nprobe=rc.nprobe or None, ef_search=rc.ef_search or None)
+    neighbours = distributed.broadcast_from_main(  # computed once, on rank 0
+        lambda: knn(x_rows if mapped else x_rows.to_numpy(), rc.k, metric=rc.metric, backend=rc.backend,
+                    index=rc.index, ann=ann, exclude_self=rc.exclude_self, device=dev)[0], ctx)
+    # in memory: the whole (n, D) matrix (moved to the device for training); mapped: gathered per batch
+    x = None if mapped else torch.from_numpy(x_rows.to_numpy())
+    digests = {"features": FeatureRows(features).sha256(), "labels": sha256_array(labels),
+               "val": FeatureRows(val_features).sha256() if val_features is not None else None}
+    return TrainingRows(x_rows, labels[train_idx], x, neighbours, val_features, val_labels, train_idx, val_idx,
+                        digests)
+
+
 def train(
     features: np.ndarray,
     labels: np.ndarray,
@@ -193,107 +233,25 @@ def train(
     dev = resolve_device(rt.device)
     ctx = distributed.init(dev)  # one process unless launched by torchrun (docs/scale.md)
     dev = distributed.rank_device(dev, ctx)
-    mapped = is_mapped(features)  # a memory-mapped file stays on disk: read in chunks and batches
-    features = features if mapped else np.ascontiguousarray(features, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    check_inputs(features, labels, num_classes)
-    if (val_features is None) != (val_labels is None):
-        raise InputError("give both val_features and val_labels, or neither")
-    if val_features is not None:
-        val_features = np.ascontiguousarray(val_features, dtype=np.float32)
-        val_labels = np.asarray(val_labels, dtype=np.int64)
-        check_inputs(val_features, val_labels, num_classes, what="validation ")
     gen = torch.Generator().manual_seed(seed)
-
-    if val_features is None:
-        train_idx, val_idx = split_holdout(len(features), tc.val_fraction, gen)
-        if val_idx is not None:
-            val_features = FeatureRows(features, val_idx) if mapped else features[val_idx]
-            val_labels = labels[val_idx]
-    else:
-        train_idx, val_idx = np.arange(len(features)), None
-    x_rows, y_np = FeatureRows(features, train_idx), labels[train_idx]
-    n = len(x_rows)
-    if rc.k >= n:
-        raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
-    ann = ann_params(n, "ivf" if rc.index == "auto" else rc.index, dim=x_rows.shape[1], store=rc.store,
-                     nlist=rc.nlist or None, nprobe=rc.nprobe or None, ef_search=rc.ef_search or None)
-    neighbours = distributed.broadcast_from_main(  # computed once, on rank 0
-        lambda: knn(x_rows if mapped else x_rows.to_numpy(), rc.k, metric=rc.metric, backend=rc.backend,
-                    index=rc.index, ann=ann, exclude_self=rc.exclude_self, device=dev)[0], ctx)
-    # in memory: the whole (n, D) matrix (on the device, batches gathered there); mapped: gathered per batch
-    x = None if mapped else torch.from_numpy(x_rows.to_numpy())
-
-    # The initial weights come from the seed too: nn.Linear draws from torch's global CPU generator, so
-    # seed it inside a fork that restores the caller's state afterwards.
+    rows = training_rows(features, labels, num_classes, config, val_features, val_labels, gen, dev, ctx)
+    x_rows, y_np, x, n = rows.x_rows, rows.labels, rows.x, len(rows)
+    val_features, val_labels = rows.val_features, rows.val_labels
     # mapped: two chunked passes, float64 sums
     stats = x_rows.mean_std() if x is None else (x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
 
     def build(cfg: Config) -> LabelDenoiser:
+        """The initial denoiser of ``cfg``. Its weights come from the seed too: nn.Linear draws from torch's
+        global CPU generator, so seed it inside a fork that restores the caller's state afterwards."""
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
             built = LabelDenoiser.from_config(num_classes, x_rows.shape[1], cfg)
         built.set_feature_stats(*stats)
         return built
 
-    model = build(config)
-    prior_info = None
-    if model.has_prior:
-        how = {"kind": dc.prior, "hidden": config.model.feature_dim, "seed": seed}
-        # a mapped file: the prior is fitted on seeded subsamples of one chunk (docs/scale.md)
-        tr = x_rows.subsample(seed) if x is None else None
-
-        def fit_prior_to(what: str) -> dict:
-            """Fit the prior to the noisy "labels" or to the draws' expected targets ("retrieval")."""
-            rows = tr
-            if what == "labels":
-                y_fit = y_np if rows is None else y_np[rows]
-            else:
-                if x is not None and n > PRIOR_MAX_ROWS:  # (rows, C) soft targets: only the prior's rows,
-                    rows = torch.randperm(n, generator=gen)[:PRIOR_MAX_ROWS].numpy()  # drawn as fit_prior would
-                y_fit = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting).target_distribution(
-                    num_classes, rows).numpy()
-            if x is None:
-                vx, vy = val_features, val_labels
-                if isinstance(vx, FeatureRows):
-                    va = vx.subsample(seed)
-                    vx, vy = vx[va], vy[va]
-                record = fit_model_prior(model, torch.from_numpy(x_rows[rows]), y_fit, vx, vy, gen, **how)
-            else:
-                fx = x if rows is None else x[torch.from_numpy(rows)]
-                record = fit_model_prior(model, fx, y_fit, val_features, val_labels, gen, **how)
-            return {**record, "targets": what}
-
-        prior_info = fit_prior_to("retrieval" if dc.prior_targets == "retrieval" else "labels")
-    model.to(dev)
-    k_rule = None
-    if ((rc.auto_k != "off" or dc.prior_targets == "auto" or dc.prior_drop_concentration < 1) and rc.k > 0
-            and model.has_prior and val_features is not None):
-        counts = distributed.broadcast_from_main(
-            lambda: k_rule_counts(model, x_rows, y_np, val_features, val_labels, rc, dev), ctx)
-        crossfit = bool(x is not None and counts[4] < rc.crossfit_below_rows and n >= CROSSFIT_FOLDS)
-        if crossfit:  # too few held-out rows to tell: the training rows too, out of fold (same on every rank)
-            counts = counts + crossfit_counts(model, x, y_np, neighbours, val_features, val_labels, how)
-        vote, prior, vote_only, prior_only, rows = counts.tolist()
-        vote_worse = vote_clearly_worse(vote_only, prior_only, rows)
-        # "k": what the check suggests; only "rule" acts on it here ("screen" is the estimator's second fit)
-        k_rule = {"vote_accuracy": vote / rows, "prior_accuracy": prior / rows, "rows": rows,
-                  "vote_only": vote_only, "prior_only": prior_only, "crossfit": crossfit,
-                  "k": 0 if vote_worse else rc.k,
-                  "flip_concentration": flip_concentration(y_np, neighbours, num_classes)}
-        if ((k_rule["flip_concentration"] or 0) > dc.prior_drop_concentration and num_classes <= PRIOR_DROP_MAX_CLASSES
-                and not vote_worse):
-            # the labels flip in pairs, which a classifier fitted to them learns (and the noisy held-out
-            # labels reward): train without the prior, as prior "zero" (the same initial weights)
-            prior_info = {"kind": "zero", "dropped": prior_info}
-            model = build(config.replace(diffusion={"prior": "zero"})).to(dev)
-        elif dc.prior_targets == "auto" and vote_clearly_worse(prior_only, vote_only, rows):
-            # the vote clearly beats the prior fitted to the labels: fit it to the denoiser's own targets
-            model.cpu()
-            prior_info = fit_prior_to("retrieval")
-            model.to(dev)
-        if rc.auto_k == "rule":
-            neighbours = neighbours[:, : k_rule["k"]]
+    # the prior f_q fitted to the labels, and the k check acted on (k_check.py)
+    model, prior_info, k_rule, neighbours = settle_prior(build, rows, config, num_classes=num_classes, seed=seed,
+                                                         generator=gen, device=dev, ctx=ctx)
     if x is not None:
         x = to_device(x, dev)
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
@@ -321,30 +279,16 @@ def train(
     state = {"step": 0, "epoch": 0, "best_acc": None, "best_epoch": None, "history": []}
     perm = None
     best_weights: dict[str, torch.Tensor] | None = None
-    fingerprint = {
-        "features": FeatureRows(features).sha256(), "labels": sha256_array(labels), "seed": seed,
-        "config": config.experiment_dict(), "num_classes": num_classes,  # [runtime] may change on resume
-        "val": FeatureRows(val_features).sha256() if val_features is not None else None, "world": ctx.world,
-    }
+    fingerprint = {**rows.digests, "seed": seed, "num_classes": num_classes, "world": ctx.world,
+                   "config": config.experiment_dict()}  # [runtime] may change on resume
     ckpt = Checkpointer(checkpoint_dir, keep=tc.keep_checkpoints) if checkpoint_dir is not None else None
     if not resume and ckpt is not None and ckpt.paths():
         # a fresh run would mix its checkpoints with the old ones (and prune its own by step number)
         raise InputError(f"{checkpoint_dir} already holds checkpoints of an earlier run; resume it or write elsewhere")
     if resume and ckpt is not None:
-        loaded = ckpt.load_latest()
-        if loaded is not None:
-            tensors, meta = loaded
-            if meta.get("fingerprint") != fingerprint:
-                raise InputError(
-                    f"cannot resume from {checkpoint_dir}: its checkpoints belong to other inputs, config or seed"
-                )
-            model.load_state_dict(_sub(tensors, "model."))
-            ema.load_state_dict(_sub(tensors, "ema."))
-            optimizer.load_state_dict(_optim_state(tensors, meta["optimizer_groups"]))
-            gen.set_state(tensors["rng.generator"])
-            perm = tensors.get("rng.perm")
-            best_weights = _sub(tensors, "best.") or None
-            state = meta["state"]
+        restored = ckpt.restore(fingerprint, model, ema, optimizer, gen)
+        if restored is not None:
+            state, perm, best_weights = restored
     resumed_from = state["step"] if state["step"] > 0 else None
 
     eval_model = ema if tc.use_ema else model
@@ -431,7 +375,7 @@ def train(
     return TrainResult(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
-        seconds=time.perf_counter() - started, train_index=train_idx, val_index=val_idx, neighbours=neighbours,
+        seconds=time.perf_counter() - started, train_index=rows.index, val_index=rows.val_index, neighbours=neighbours,
         resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=selection,
     )
 
@@ -470,93 +414,6 @@ def heldout_target_score(x_rows: FeatureRows, labels: np.ndarray, val_features, 
         return lambda pred: held(pred) / cand.shape[1]
     norm = (cand[:, :, None] == cand[:, None, :]).sum((1, 2))  # sum_c n_c^2
     return lambda pred: held(pred) ** 2 / norm
-
-
-K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced over the slice)
-
-
-def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray, val_features, val_labels,
-                  rc, dev: torch.device) -> np.ndarray:
-    """The k check's counts on (at most :data:`K_RULE_ROWS` of) the validation rows, int64 (5,): how many
-    the majority vote of the ``rc.k`` nearest training rows' labels predicts right, how many the prior
-    f_q (argmax) does, how many only the vote and only the prior get right, and the number of rows scored.
-
-    Label-free: both predict the same (usually noisy) validation labels. The idea: retrieval trains the
-    denoiser towards its neighbours' labels, so a vote worse than the prior suggests worse targets than the
-    given labels. Not always so: BENCHMARKS "Defaults suite" has a data set where acting on it alone costs
-    8.5 points, which is why the default ("screen") only uses it to decide whether to fit k = 0 as well.
-    """
-    n_val = len(val_labels)
-    pick = np.unique(np.linspace(0, n_val - 1, min(n_val, K_RULE_ROWS)).round().astype(np.int64))
-    q, yq = np.asarray(val_features[pick], dtype=np.float32), val_labels[pick]
-    nb, _ = knn_streaming(x_rows, rc.k, queries=q, metric=rc.metric, device=dev)
-    vote = neighbour_vote(labels[nb]) == yq
-    with torch.no_grad():
-        prior = model.prior_mean(torch.from_numpy(q).to(dev)).argmax(1).cpu().numpy() == yq
-    return check_counts(vote, prior)
-
-
-def check_counts(vote: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """(5,) int64 from the rows the vote / the prior gets right (bool arrays): both totals, the rows only the
-    vote and only the prior gets right, and the number of rows."""
-    return np.array([vote.sum(), prior.sum(), (vote & ~prior).sum(), (prior & ~vote).sum(), len(vote)], dtype=np.int64)
-
-
-# the prior is dropped (prior_drop_concentration) up to this many classes: without it the denoiser beat the
-# 10-NN vote at 77 classes (Banking77 pair flips) but reached 0.54 against 0.78 at 200 (BENCHMARKS)
-PRIOR_DROP_MAX_CLASSES = 100
-CROSSFIT_FOLDS = 5  # [retrieval] crossfit_below_rows: the training rows' out-of-fold prior predictions
-
-
-def crossfit_counts(model: LabelDenoiser, x: torch.Tensor, labels: np.ndarray, neighbours: np.ndarray,
-                    val_features, val_labels: np.ndarray, how: dict) -> np.ndarray:
-    """The k check's counts (as :func:`k_rule_counts`) on the *training* rows, for a held-out slice too
-    small to tell the vote and the prior apart: each row's vote is that of its own ``k`` neighbours (itself
-    excluded, as the draws), its prior prediction that of a prior of the same ``kind`` fitted on the other
-    :data:`CROSSFIT_FOLDS` - 1 folds (chosen on the held-out labels as the prior). Both predict the row's
-    noisy label. Seeded by ``how["seed"]`` alone: the run's generator draws nothing here."""
-    g = torch.Generator().manual_seed(how["seed"])
-    folds = torch.randperm(len(labels), generator=g).numpy() % CROSSFIT_FOLDS
-    with torch.no_grad():
-        f = model.standardise(x.to(model.feat_mean.device)).cpu()
-        f_val = model.standardise(torch.from_numpy(np.asarray(val_features)).to(model.feat_mean.device)).cpu()
-    y, y_val = torch.from_numpy(labels), torch.from_numpy(val_labels)
-    prior = np.empty(len(labels), dtype=np.int64)
-    for j in range(CROSSFIT_FOLDS):
-        out = torch.from_numpy(folds == j)
-        fitted, _ = choose_prior(f[~out], y[~out], model.num_classes, kind=how["kind"], f_val=f_val, y_val=y_val,
-                                 hidden=how["hidden"], seed=how["seed"], generator=g)
-        with torch.no_grad():
-            prior[out.numpy()] = fitted.logits(f[out]).argmax(1).numpy()
-    return check_counts(neighbour_vote(labels[neighbours]) == labels, prior == labels)
-
-
-def vote_clearly_worse(vote_only: int, prior_only: int, rows: int, *, z: float = 2.0, gap: float = 0.01) -> bool:
-    """Is the k-NN vote clearly below the prior on the ``rows`` scored? Both: at least ``gap`` (1 point)
-    below, and McNemar's sign test on the rows where exactly one of the two is right says the prior wins
-    more of them than chance allows (:func:`~lra_diffusion.models.clearly_better`: exact, one-sided, at
-    the level of ``z`` standard deviations). A near tie keeps k: where the two differ by less, a second
-    fit (``auto_k = "screen"``) changed nothing measured (BENCHMARKS "Defaults suite") and would double
-    the fit time. With the arguments swapped: is the vote clearly *above* the prior (``prior_targets =
-    "auto"`` then fits the prior to the retrieval targets)?"""
-    return prior_only - vote_only >= gap * rows and clearly_better(prior_only, vote_only, z=z)
-
-
-def fit_model_prior(model: LabelDenoiser, x: torch.Tensor, y: np.ndarray, val_features: np.ndarray | None,
-                    val_labels: np.ndarray | None, generator: torch.Generator, *, kind: str = "linear",
-                    hidden: int = 512, seed: int = 0) -> dict:
-    """Fit CARD's prior f_q of ``kind`` (:func:`lra_diffusion.models.choose_prior`) on the standardised
-    training features and (noisy) labels ``y`` (N,) int, or soft targets (N, C) float, chosen on the
-    validation data, and store it in ``model``; returns the record of the choice."""
-    with torch.no_grad():
-        f = model.standardise(x)
-        f_val = None if val_features is None else model.standardise(torch.from_numpy(val_features))
-    y_val = None if val_labels is None else torch.from_numpy(val_labels)
-    prior, record = choose_prior(f, torch.from_numpy(y), model.num_classes, kind=kind, f_val=f_val, y_val=y_val,
-                                 hidden=hidden, seed=seed, generator=generator)
-    hidden_layer = None if prior.hidden_weight is None else (prior.hidden_weight, prior.hidden_bias)
-    model.set_prior(prior.weight, prior.bias, hidden_layer)
-    return record
 
 
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -615,3 +472,19 @@ class Checkpointer:
             except InputError as e:
                 warnings.warn(f"skipping unreadable checkpoint {path.name}: {e}", stacklevel=2)
         return None
+
+    def restore(self, fingerprint: dict, model, ema, optimizer, gen: torch.Generator):
+        """Load the newest checkpoint into ``model``, ``ema``, ``optimizer`` and ``gen``; returns the loop
+        state, the epoch's data order and the best weights so far (None where there is no checkpoint).
+        Raises InputError where the checkpoint belongs to another run (``fingerprint``)."""
+        loaded = self.load_latest()
+        if loaded is None:
+            return None
+        tensors, meta = loaded
+        if meta.get("fingerprint") != fingerprint:
+            raise InputError(f"cannot resume from {self.folder}: its checkpoints belong to other inputs, config or seed")
+        model.load_state_dict(_sub(tensors, "model."))
+        ema.load_state_dict(_sub(tensors, "ema."))
+        optimizer.load_state_dict(_optim_state(tensors, meta["optimizer_groups"]))
+        gen.set_state(tensors["rng.generator"])
+        return meta["state"], tensors.get("rng.perm"), _sub(tensors, "best.") or None
