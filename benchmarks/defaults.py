@@ -87,9 +87,11 @@ def digits_pairflip_row(rate: float) -> Callable[[int], Split]:
 
 
 def synthetic_row(classes: int, n_train: int, rate: float, features: int, informative: int,
-                  clusters: int, sep: float, weights: list[float] | None = None) -> Callable[[int], Split]:
+                  clusters: int, sep: float, weights: list[float] | None = None,
+                  noise: str = "symmetric") -> Callable[[int], Split]:
     """``make_classification`` Gaussian clusters (class proportions ``weights``, default equal), ``rate``
-    symmetric noise on the first ``n_train`` rows, a clean test set of a quarter of that size."""
+    ``noise`` (``"symmetric"`` or ``"pair"``: class c -> c + 1) on the first ``n_train`` rows, a clean test
+    set of a quarter of that size."""
     def make(seed: int) -> Split:
         from sklearn.datasets import make_classification
 
@@ -97,7 +99,8 @@ def synthetic_row(classes: int, n_train: int, rate: float, features: int, inform
                                    n_redundant=0, n_classes=classes, n_clusters_per_class=clusters,
                                    class_sep=sep, flip_y=0.0, weights=weights, random_state=seed)
         X = X.astype(np.float32)
-        noisy, _ = symmetric_noise(y[:n_train], rate=rate, rng=np.random.default_rng(seed), num_classes=classes)
+        flip = {"symmetric": symmetric_noise, "pair": pairflip_noise}[noise]
+        noisy, _ = flip(y[:n_train], rate=rate, rng=np.random.default_rng(seed), num_classes=classes)
         return holdout_split(X[:n_train], noisy, y[:n_train], X[n_train:], y[n_train:], seed)
 
     return make
@@ -183,6 +186,9 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
     # class-dependent noise, which a neighbour vote cannot average away where a whole class is flipped one way
     "digits-pair-0.4": digits_pairflip_row(0.4),
+    # at the class cap of the prior's drop (100 classes, k_check.PRIOR_DROP_MAX_CLASSES)
+    "synth-100-pair-0.4": synthetic_row(100, 20_000, 0.4, 64, 48, 1, 2.0, noise="pair"),
+    "synth-200-pair-0.4": synthetic_row(200, 40_000, 0.4, 64, 48, 1, 2.0, noise="pair"),  # synth-200's data
     "digits-pair-0.2": digits_pairflip_row(0.2),
     "b77-pair-0.4": text_row("b77-pair-0.4"),
     "b77-pair-0.2": text_row("b77-pair-0.2"),
