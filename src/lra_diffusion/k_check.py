@@ -60,7 +60,7 @@ class TrainingRows:
 
 
 def settle_prior(
-    build: Callable[[Config], LabelDenoiser], rows: TrainingRows, config: Config, *, num_classes: int, seed: int,
+    build: Callable[[Config], LabelDenoiser], rows: TrainingRows, config: Config, *, seed: int,
     generator: torch.Generator, device: torch.device, ctx,
 ) -> tuple[LabelDenoiser, dict | None, dict | None, np.ndarray]:
     """The denoiser to train, on ``device``, with its prior fitted and the k check acted on.
@@ -81,10 +81,10 @@ def settle_prior(
     if not ((rc.auto_k != "off" or dc.prior_targets == "auto" or dc.prior_drop_concentration < 1) and rc.k > 0
             and rows.val_features is not None):
         return model, prior_info, None, neighbours
-    k_rule = k_check(model, rows, config, num_classes, how, device, ctx)
+    k_rule = k_check(model, rows, config, how, device, ctx)
     vote_worse = k_rule["k"] == 0
-    if ((k_rule["flip_concentration"] or 0) > dc.prior_drop_concentration and num_classes <= PRIOR_DROP_MAX_CLASSES
-            and not vote_worse):
+    if ((k_rule["flip_concentration"] or 0) > dc.prior_drop_concentration
+            and model.num_classes <= PRIOR_DROP_MAX_CLASSES and not vote_worse):
         # the labels flip in pairs, which a classifier fitted to them learns (and the noisy held-out
         # labels reward): train without the prior, as prior "zero" (the same initial weights)
         prior_info = {"kind": "zero", "dropped": prior_info}
@@ -125,8 +125,8 @@ def fit_prior_to(model: LabelDenoiser, rows: TrainingRows, what: str, config: Co
     return {**record, "targets": what}
 
 
-def k_check(model: LabelDenoiser, rows: TrainingRows, config: Config, num_classes: int, how: dict,
-            device: torch.device, ctx) -> dict:
+def k_check(model: LabelDenoiser, rows: TrainingRows, config: Config, how: dict, device: torch.device,
+            ctx) -> dict:
     """The k check's record: the vote's and the prior's accuracy on the held-out labels, the rows only one
     of them gets right, the k it suggests (0 where the vote is clearly worse, :func:`vote_clearly_worse`)
     and the labels' flip concentration (:func:`~lra_diffusion.retrieval.flip_concentration`). Below
@@ -143,7 +143,7 @@ def k_check(model: LabelDenoiser, rows: TrainingRows, config: Config, num_classe
     return {"vote_accuracy": vote / n_rows, "prior_accuracy": prior / n_rows, "rows": n_rows,
             "vote_only": vote_only, "prior_only": prior_only, "crossfit": crossfit,
             "k": 0 if vote_clearly_worse(vote_only, prior_only, n_rows) else rc.k,
-            "flip_concentration": flip_concentration(rows.labels, rows.neighbours, num_classes)}
+            "flip_concentration": flip_concentration(rows.labels, rows.neighbours, model.num_classes)}
 
 
 def k_rule_counts(model: LabelDenoiser, x_rows: FeatureRows, labels: np.ndarray, val_features, val_labels,

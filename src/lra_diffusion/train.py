@@ -250,8 +250,8 @@ def train(
         return built
 
     # the prior f_q fitted to the labels, and the k check acted on (k_check.py)
-    model, prior_info, k_rule, neighbours = settle_prior(build, rows, config, num_classes=num_classes, seed=seed,
-                                                         generator=gen, device=dev, ctx=ctx)
+    model, prior_info, k_rule, neighbours = settle_prior(build, rows, config, seed=seed, generator=gen, device=dev,
+                                                         ctx=ctx)
     if x is not None:
         x = to_device(x, dev)
     sampler = NeighbourLabelSampler(y_np, neighbours, weighting=rc.weighting)
