@@ -106,6 +106,24 @@ def synthetic_row(classes: int, n_train: int, rate: float, features: int, inform
     return make
 
 
+def small_sklearn_row(name: str, rate: float) -> Callable[[int], Split]:
+    """A small scikit-learn data set (``"iris"``, ``"wine"``, ``"breast_cancer"``: 150-569 rows): a
+    stratified 70/30 split (seeded), standardised on the training rows, ``rate`` symmetric noise."""
+    def make(seed: int) -> Split:
+        from sklearn import datasets
+        from sklearn.model_selection import train_test_split
+        from sklearn.preprocessing import StandardScaler
+
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, stratify=y, random_state=seed)
+        scaler = StandardScaler().fit(X_tr)
+        X_tr, X_te = (scaler.transform(a).astype(np.float32) for a in (X_tr, X_te))
+        noisy, _ = symmetric_noise(y_tr, rate=rate, rng=np.random.default_rng(seed), num_classes=int(y.max()) + 1)
+        return holdout_split(X_tr, noisy, y_tr, X_te, y_te, seed)
+
+    return make
+
+
 _TEXT: dict = {}
 
 
@@ -184,6 +202,10 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "synth-10-tail": synthetic_row(10, 20_000, 0.3, 32, 8, 2, 1.5, weights=list(TAIL / TAIL.sum())),
     "synth-10-small": synthetic_row(10, 330, 0.4, 32, 8, 1, 2.0),  # 330 rows: 297 to train, 33 held out
     "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
+    # real data sets of 94 to 358 training rows (the step floor's cap at 200 epochs)
+    "iris-sym-0.3": small_sklearn_row("iris", 0.3),
+    "wine-sym-0.3": small_sklearn_row("wine", 0.3),
+    "cancer-sym-0.3": small_sklearn_row("breast_cancer", 0.3),
     # class-dependent noise, which a neighbour vote cannot average away where a whole class is flipped one way
     "digits-pair-0.4": digits_pairflip_row(0.4),
     # at the class cap of the prior's drop (100 classes, k_check.PRIOR_DROP_MAX_CLASSES)

@@ -101,9 +101,10 @@ class RetrievalConfig:
 class TrainConfig:
     """Optimisation, model selection and checkpointing."""
 
-    # None = auto: at least `auto_steps` optimiser steps, `auto_epochs` epochs and `auto_class_visits`
-    # sample visits per class (epochs >= auto_class_visits * C / N, at most the paper's 200 and at most
-    # `auto_class_max_steps` optimiser steps: many classes with few samples each)
+    # None = auto: at least `auto_steps` optimiser steps (but never more than the paper's 200 epochs for
+    # them: small sets), `auto_epochs` epochs and `auto_class_visits` sample visits per class (epochs >=
+    # auto_class_visits * C / N, at most the paper's 200 and at most `auto_class_max_steps` optimiser
+    # steps: many classes with few samples each)
     epochs: int | None = None
     auto_steps: int = 2000
     auto_epochs: float = 30.0
