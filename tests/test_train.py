@@ -41,6 +41,8 @@ def test_auto_length_takes_the_largest_of_its_three_floors():
     assert auto_epochs(tc, 20, n=5_120, num_classes=10) == 100
     # a small set (3 steps per epoch) would need 667 epochs for 2,000 steps: capped at the paper's 200
     assert auto_epochs(tc, 3, n=1_018, num_classes=10) == 200
+    assert auto_epochs(TrainConfig(auto_epochs=30, auto_class_visits=0, auto_steps_max_epochs=0), 3, n=1_018,
+                       num_classes=10) == 667  # 0 = no cap (configs/paper.toml)
     assert auto_epochs(TrainConfig(auto_steps=0, auto_epochs=0, auto_class_visits=0), 5, n=10, num_classes=2) == 1
     # 1,000 classes of 10 samples would ask for 2,000 epochs: capped at the paper's 200
     assert auto_epochs(tc, 39, n=10_000, num_classes=1000) == 200

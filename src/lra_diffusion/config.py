@@ -101,12 +101,13 @@ class RetrievalConfig:
 class TrainConfig:
     """Optimisation, model selection and checkpointing."""
 
-    # None = auto: at least `auto_steps` optimiser steps (but never more than the paper's 200 epochs for
-    # them: small sets), `auto_epochs` epochs and `auto_class_visits` sample visits per class (epochs >=
-    # auto_class_visits * C / N, at most the paper's 200 and at most `auto_class_max_steps` optimiser
-    # steps: many classes with few samples each)
+    # None = auto: at least `auto_steps` optimiser steps (but at most `auto_steps_max_epochs` epochs for
+    # them: a small set fits its noise in more passes), `auto_epochs` epochs and `auto_class_visits` sample
+    # visits per class (epochs >= auto_class_visits * C / N, at most the paper's 200 and at most
+    # `auto_class_max_steps` optimiser steps: many classes with few samples each)
     epochs: int | None = None
     auto_steps: int = 2000
+    auto_steps_max_epochs: int = 200  # the paper's length; 0 = no cap (the package before 2026-12-06)
     auto_epochs: float = 30.0
     auto_class_visits: float = 20_000.0
     auto_class_max_steps: int = 20_000
@@ -245,6 +246,7 @@ class Config:
             (r.crossfit_below_rows >= 0, "retrieval.crossfit_below_rows must be >= 0"),
             (t.epochs is None or t.epochs >= 1, "train.epochs must be >= 1"),
             (t.auto_steps >= 1, "train.auto_steps must be >= 1"),
+            (t.auto_steps_max_epochs >= 0, "train.auto_steps_max_epochs must be >= 0 (0 = no cap)"),
             (t.auto_epochs >= 0, "train.auto_epochs must be >= 0"),
             (t.auto_class_visits >= 0, "train.auto_class_visits must be >= 0"),
             (t.auto_class_max_steps >= 1, "train.auto_class_max_steps must be >= 1"),

@@ -74,19 +74,21 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-PAPER_EPOCHS = 200  # the paper's training length: neither the step floor nor the per-class rule asks for more
+PAPER_EPOCHS = 200  # the paper's training length: the per-class rule never asks for more
 
 
 def auto_epochs(tc, steps_per_epoch: int, *, n: int, num_classes: int) -> int:
     """The automatic training length: enough epochs for ``auto_steps`` optimiser steps (at most
-    :data:`PAPER_EPOCHS`: on a small set more passes only fit its noise), at least ``auto_epochs`` passes
-    over the ``n`` training samples and at least ``auto_class_visits`` sample visits per class
-    (``auto_class_visits * num_classes / n`` passes, at most :data:`PAPER_EPOCHS` and at most
+    ``auto_steps_max_epochs`` of them, 0 = no cap: on a small set more passes only fit its noise), at least
+    ``auto_epochs`` passes over the ``n`` training samples and at least ``auto_class_visits`` sample visits
+    per class (``auto_class_visits * num_classes / n`` passes, at most :data:`PAPER_EPOCHS` and at most
     ``auto_class_max_steps`` optimiser steps), so small sets get enough updates, large ones enough passes
     and sets with many classes of few samples each enough visits per class."""
     per_class = min(math.ceil(tc.auto_class_visits * num_classes / n), PAPER_EPOCHS,
                     max(1, tc.auto_class_max_steps // steps_per_epoch))
-    step_floor = min(math.ceil(tc.auto_steps / steps_per_epoch), PAPER_EPOCHS)
+    step_floor = math.ceil(tc.auto_steps / steps_per_epoch)
+    if tc.auto_steps_max_epochs:
+        step_floor = min(step_floor, tc.auto_steps_max_epochs)
     return max(1, step_floor, math.ceil(tc.auto_epochs), per_class)
 
 
