@@ -16,7 +16,7 @@ from lra_diffusion.features import FeatureRows
 from lra_diffusion.io import load_tensors
 from lra_diffusion.models import LabelDenoiser
 from lra_diffusion.retrieval import NeighbourLabelSampler
-from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, heldout_target_score, lr_factor, prefer_last,
+from lra_diffusion.train import (Checkpointer, auto_epochs, run_length, ema_update, heldout_target_score, lr_factor, prefer_last,
                                  split_holdout, train)
 
 from conftest import TINY, make_blobs
@@ -29,6 +29,15 @@ STEPS_PER_EPOCH, TOTAL = 6, 18
 def run(config: Config = CKPT, seed: int = 0, **kw):
     X, y = make_blobs()
     return train(X, y, num_classes=3, config=config, seed=seed, progress=False, **kw)
+
+
+def test_run_length_spreads_the_selection_epochs_from_the_end():
+    # 1,000 rows at batch 256: 3 full batches an epoch (the ragged one dropped), warm-up 2.5% of 30 steps
+    assert run_length(TrainConfig(epochs=10, evals=1), 1_000, 10) == (256, 3, 10, 30, 1, {10})
+    assert run_length(TrainConfig(epochs=10, evals=20), 1_000, 10).eval_epochs == set(range(1, 11))
+    assert run_length(TrainConfig(epochs=10, evals=3, select_after=0.5), 1_000, 10).eval_epochs == {6, 8, 10}
+    # fewer rows than a batch: one batch of all of them an epoch
+    assert run_length(TrainConfig(epochs=5), 100, 2)[:4] == (100, 1, 5, 5)
 
 
 def test_auto_length_takes_the_largest_of_its_three_floors():

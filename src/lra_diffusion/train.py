@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -270,16 +271,7 @@ def train(
     )
     alpha_bar = schedule_alpha_bar(dc).float().to(dev)
 
-    batch = min(tc.batch_size, n)
-    steps_per_epoch = n // batch  # drop the ragged last batch: the order changes every epoch
-    epochs = tc.epochs or auto_epochs(tc, steps_per_epoch, n=n, num_classes=num_classes)
-    total = epochs * steps_per_epoch
-    warmup = int(round(tc.warmup_fraction * total))
-    # Selection candidates: `evals` epochs spread over the part of the run after `select_after`.
-    first = min(epochs, int(tc.select_after * epochs) + 1)
-    # (from the end: a single evaluation is the last epoch's)
-    eval_epochs = set(np.linspace(epochs, first, min(tc.evals, epochs - first + 1)).round().astype(int).tolist())
-
+    batch, steps_per_epoch, epochs, total, warmup, eval_epochs = run_length(tc, n, num_classes)
     state = {"step": 0, "epoch": 0, "best_acc": None, "best_epoch": None, "history": []}
     perm = None
     best_weights: dict[str, torch.Tensor] | None = None
@@ -296,38 +288,13 @@ def train(
     resumed_from = state["step"] if state["step"] > 0 else None
 
     eval_model = ema if tc.use_ema else model
-
-    def predicted(m: LabelDenoiser) -> np.ndarray:
-        """The model ``m``'s labels of the validation rows, (n_val,)."""
-        return readout(map_chunks(lambda c: predict_y0(m, c, dc, amp=rt.amp), val_features), dc.readout).numpy()
-
-    def right(m: LabelDenoiser) -> np.ndarray:
-        """Which validation rows the model ``m`` labels correctly, (n_val,) bool."""
-        return predicted(m) == val_labels
-
-    def consider(epoch: int, record: dict) -> dict[str, torch.Tensor] | None:
-        """Score ``eval_model`` after ``epoch`` epochs on the validation data into ``record``; return a
-        copy of its weights if it is the best so far (ties: the later, longer-trained weights). The
-        accuracy is on the labels; with ``target_score`` the candidates are ranked by that score."""
-        pred = predicted(eval_model)
-        record["val_accuracy"] = acc = float((pred == val_labels).mean())
-        score = acc if target_score is None else float(target_score(pred).mean())
-        if target_score is not None:
-            record["val_target_score"] = score
-        best = state.get("best_score", state["best_acc"])
-        if best is None or score >= best:
-            state["best_acc"], state["best_epoch"] = acc, epoch
-            if target_score is not None:
-                state["best_score"] = score
-            return {k: v.clone() for k, v in eval_model.state_dict().items()}
-        return None
-
+    selection = Selection(val_features, val_labels, dc, state, best_weights, target_score=target_score, amp=rt.amp)
     if tc.select_start and model.residual and val_features is not None and state["step"] == 0 and ctx.is_main:
         # the untrained residual denoiser predicts its prior f_q exactly: a candidate as well, so a run whose
         # training never beats its prior on the held-out labels keeps the prior (best_epoch 0, and the
         # accuracy of that start is state["start"]; the history holds the epochs only)
         state["start"] = {}
-        best_weights = consider(0, state["start"])
+        selection.consider(eval_model, 0, state["start"])
     started = time.perf_counter() - state.get("seconds", 0.0)
     bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress or not ctx.is_main, leave=False)
     model.train()
@@ -361,27 +328,96 @@ def train(
             record = {"epoch": epoch + 1, "step": state["step"],
                       "loss": distributed.mean_over_ranks(float(np.mean(state.pop("losses"))), ctx)}
             if val_features is not None and epoch + 1 in eval_epochs and ctx.is_main:
-                best_weights = consider(epoch + 1, record) or best_weights
+                selection.consider(eval_model, epoch + 1, record)
             state["history"].append(record)
         if ckpt is not None and ctx.is_main and (epoch_end or (tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0)):
             state["seconds"] = time.perf_counter() - started
-            ckpt.save(state["step"], model, ema, optimizer, gen, perm, best_weights, state, fingerprint)
+            ckpt.save(state["step"], model, ema, optimizer, gen, perm, selection.best_weights, state, fingerprint)
     bar.close()
 
-    selection = None
-    if tc.selection == "prefer_last" and best_weights is not None and state["best_epoch"] != epochs and ctx.is_main:
-        selection = prefer_last(eval_model, best_weights, right, state, epochs)
-        if selection["kept"] == "last":
-            best_weights = None
-    if best_weights is not None:
-        eval_model.load_state_dict(best_weights)
+    chosen = selection.keep(eval_model, epochs, rule=tc.selection if ctx.is_main else "best")
     eval_model.cpu().eval()
     return TrainResult(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=rows.index, val_index=rows.val_index, neighbours=neighbours,
-        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=selection,
+        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=chosen,
     )
+
+
+class RunLength(NamedTuple):
+    """The run's length in optimiser steps and its selection epochs (:func:`run_length`)."""
+
+    batch: int
+    steps_per_epoch: int
+    epochs: int
+    total: int  # optimiser steps
+    warmup: int  # of them, the learning rate's linear warm-up
+    eval_epochs: set[int]  # the epochs after which the model is a selection candidate
+
+
+def run_length(tc, n: int, num_classes: int) -> RunLength:
+    """Batch, steps per epoch (the ragged last batch dropped: the order changes every epoch), epochs
+    (``tc.epochs`` or :func:`auto_epochs`), steps, warm-up steps, and the ``evals`` selection epochs spread
+    over the part of the run after ``select_after`` (from the end: a single evaluation is the last epoch's)."""
+    batch = min(tc.batch_size, n)
+    steps_per_epoch = n // batch
+    epochs = tc.epochs or auto_epochs(tc, steps_per_epoch, n=n, num_classes=num_classes)
+    total = epochs * steps_per_epoch
+    first = min(epochs, int(tc.select_after * epochs) + 1)
+    eval_epochs = set(np.linspace(epochs, first, min(tc.evals, epochs - first + 1)).round().astype(int).tolist())
+    return RunLength(batch, steps_per_epoch, epochs, total, int(round(tc.warmup_fraction * total)), eval_epochs)
+
+
+class Selection:
+    """Model selection on the validation rows: each candidate's accuracy on their labels goes into its
+    record, and the best candidate's weights are kept (ties: the later, longer-trained ones). With
+    ``target_score`` (``select_targets = "retrieval"``) candidates are ranked by that score instead.
+
+    ``state`` is the training loop's state, which checkpoints keep: the best candidate's epoch and
+    accuracy (and score) live there, its weights in :attr:`best_weights` (restored with the state)."""
+
+    def __init__(self, val_features, val_labels: np.ndarray | None, dc, state: dict,
+                 best_weights: dict[str, torch.Tensor] | None = None, *, target_score=None, amp: bool = False):
+        self.val_features, self.val_labels, self.dc, self.amp = val_features, val_labels, dc, amp
+        self.state, self.best_weights, self.target_score = state, best_weights, target_score
+
+    def predicted(self, m: LabelDenoiser) -> np.ndarray:
+        """The model ``m``'s labels of the validation rows, (n_val,)."""
+        y0 = map_chunks(lambda c: predict_y0(m, c, self.dc, amp=self.amp), self.val_features)
+        return readout(y0, self.dc.readout).numpy()
+
+    def right(self, m: LabelDenoiser) -> np.ndarray:
+        """Which validation rows the model ``m`` labels correctly, (n_val,) bool."""
+        return self.predicted(m) == self.val_labels
+
+    def consider(self, m: LabelDenoiser, epoch: int, record: dict) -> None:
+        """Score the model ``m`` after ``epoch`` epochs into ``record``; keep a copy of its weights if it is
+        the best so far."""
+        pred = self.predicted(m)
+        record["val_accuracy"] = acc = float((pred == self.val_labels).mean())
+        score = acc if self.target_score is None else float(self.target_score(pred).mean())
+        if self.target_score is not None:
+            record["val_target_score"] = score
+        best = self.state.get("best_score", self.state["best_acc"])
+        if best is None or score >= best:
+            self.state["best_acc"], self.state["best_epoch"] = acc, epoch
+            if self.target_score is not None:
+                self.state["best_score"] = score
+            self.best_weights = {k: v.clone() for k, v in m.state_dict().items()}
+
+    def keep(self, last: LabelDenoiser, epochs: int, *, rule: str = "best") -> dict | None:
+        """Load the kept candidate's weights into ``last`` (the model as trained, ``epochs`` epochs). Under
+        the ``rule`` ``"prefer_last"`` the last epoch's weights stay unless the best candidate is clearly
+        better (:func:`prefer_last`, whose record is returned; None otherwise)."""
+        record = None
+        if rule == "prefer_last" and self.best_weights is not None and self.state["best_epoch"] != epochs:
+            record = prefer_last(last, self.best_weights, self.right, self.state, epochs)
+            if record["kept"] == "last":
+                self.best_weights = None
+        if self.best_weights is not None:
+            last.load_state_dict(self.best_weights)
+        return record
 
 
 def prefer_last(last: LabelDenoiser, best_weights: dict[str, torch.Tensor], right, state: dict, epochs: int) -> dict:
