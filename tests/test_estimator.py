@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -321,3 +323,24 @@ def test_a_dropped_prior_is_saved_as_prior_zero(tmp_path):
     est.save(tmp_path / "run")
     loaded = LRAClassifier.load(tmp_path / "run")
     np.testing.assert_array_equal(loaded.predict_label_vectors(X), est.predict_label_vectors(X))
+
+
+READ_ONLY_SCRIPT = """
+import numpy as np
+from lra_diffusion import LRAClassifier
+from lra_diffusion.issues import find_label_issues
+rng = np.random.default_rng(0)
+X = rng.normal(size=(200, 6)).astype(np.float32)
+y = (X[:, 0] > 0).astype(int)
+X.setflags(write=False)  # as a memory map opened with mmap_mode="r"
+clf = LRAClassifier(epochs=1, random_state=0).fit(X, y)
+clf.predict(X)
+find_label_issues(X, y, estimator=clf, cv=None)
+"""
+
+
+def test_read_only_features_raise_no_torch_warning():
+    # a fresh process: torch warns about a non-writable array only once per process
+    run = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", READ_ONLY_SCRIPT],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
 
 from . import __version__
+from .features import float_tensor
 from .io import write_json
 from .models import fit_softmax_regression
 
@@ -57,7 +58,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, sample_weight=None):
         self.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
-        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        X = float_tensor(X)
         self.mean_, self.std_ = X.mean(0), X.std(0).clamp_min(1e-6)
         Xs = (X - self.mean_) / self.std_
         C = max(len(self.classes_), 2)
@@ -66,7 +67,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         with torch.no_grad():
-            X = (torch.as_tensor(np.asarray(X, dtype=np.float32)) - self.mean_) / self.std_
+            X = (float_tensor(X) - self.mean_) / self.std_
             p = torch.softmax(X @ self.W_ + self.b_, dim=1).numpy()
         return p[:, : len(self.classes_)]
 

@@ -10,6 +10,7 @@ import torch
 from .config import DiffusionConfig
 from .device import autocast_context, batches_to_device
 from .diffusion import alpha_bars, ddim_sample, ddim_timesteps, eps_from_y0, get_betas
+from .features import float_tensor
 from .models import LabelDenoiser
 
 
@@ -45,7 +46,7 @@ def predict_y0(
     net = model if dev == model_device else copy.deepcopy(model).to(dev)
     was_training = net.training
     net.eval()
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    x = float_tensor(features)
     alpha_bar = schedule_alpha_bar(config).float().to(dev)
     ts = ddim_timesteps(config.timesteps, config.ddim_steps, config.ddim_spacing)
     out = []

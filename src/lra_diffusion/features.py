@@ -13,6 +13,7 @@ they are not copies (see docs/scale.md).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,18 @@ import numpy as np
 import torch
 
 from .errors import InputError
+
+
+def float_tensor(a) -> torch.Tensor:
+    """``a`` (array-like, or a tensor) as a float32 tensor, sharing its memory where it already is float32.
+    A read-only array (a memory map opened with ``mmap_mode="r"``) is shared too: no caller writes into
+    the features, so torch's warning about non-writable arrays would only alarm the user."""
+    if isinstance(a, torch.Tensor):
+        return a.to(torch.float32)
+    arr = np.asarray(a, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 CHUNK_BYTES = 64 * 2**20  # float32 bytes per chunk
 

@@ -23,7 +23,7 @@ import torch
 
 from . import distributed
 from .config import Config
-from .features import FeatureRows
+from .features import FeatureRows, float_tensor
 from .models import PRIOR_MAX_ROWS, LabelDenoiser, choose_prior, clearly_better
 from .retrieval import NeighbourLabelSampler, flip_concentration, knn_streaming, neighbour_vote
 
@@ -184,7 +184,7 @@ def crossfit_counts(model: LabelDenoiser, x: torch.Tensor, labels: np.ndarray, n
     folds = torch.randperm(len(labels), generator=g).numpy() % CROSSFIT_FOLDS
     with torch.no_grad():
         f = model.standardise(x.to(model.feat_mean.device)).cpu()
-        f_val = model.standardise(torch.from_numpy(np.asarray(val_features)).to(model.feat_mean.device)).cpu()
+        f_val = model.standardise(float_tensor(val_features).to(model.feat_mean.device)).cpu()
     y, y_val = torch.from_numpy(labels), torch.from_numpy(val_labels)
     prior = np.empty(len(labels), dtype=np.int64)
     for j in range(CROSSFIT_FOLDS):

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .features import FeatureRows, as_rows, chunk_rows, is_mapped
+from .features import FeatureRows, as_rows, chunk_rows, float_tensor, is_mapped
 
 Metric = Literal["euclidean", "cosine"]
 IndexKind = Literal["exact", "ivf", "hnsw", "auto"]
@@ -71,7 +71,7 @@ def import_faiss():
 
 
 def _prepare(features: np.ndarray | torch.Tensor, metric: Metric) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    x = float_tensor(features)
     if x.ndim != 2:
         raise InputError(f"features must be 2-D (N, D), got shape {tuple(x.shape)}")
     if metric == "cosine":
