@@ -202,6 +202,8 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "synth-10-tail": synthetic_row(10, 20_000, 0.3, 32, 8, 2, 1.5, weights=list(TAIL / TAIL.sum())),
     "synth-10-small": synthetic_row(10, 330, 0.4, 32, 8, 1, 2.0),  # 330 rows: 297 to train, 33 held out
     "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
+    # wide features at few rows: 2,048 dimensions of which 32 carry the classes (the rest pure noise)
+    "synth-10-wide": synthetic_row(10, 3_333, 0.4, 2048, 32, 1, 2.0),
     # real data sets of 94 to 358 training rows (the step floor's cap at 200 epochs)
     "iris-sym-0.3": small_sklearn_row("iris", 0.3),
     "wine-sym-0.3": small_sklearn_row("wine", 0.3),
