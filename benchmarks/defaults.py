@@ -124,6 +124,20 @@ def small_sklearn_row(name: str, rate: float) -> Callable[[int], Split]:
     return make
 
 
+def subsampled_row(make_full: Callable[[int], Split], n_train: int) -> Callable[[int], Split]:
+    """``make_full``'s row with a random ``n_train`` of its training rows and a ninth as many of its held-out
+    rows (seeded; the test set whole)."""
+    def make(seed: int) -> Split:
+        full = make_full(seed)
+        rng = np.random.default_rng(seed + 2000)
+        tr = np.sort(rng.choice(len(full.y_train), n_train, replace=False))
+        val = np.sort(rng.choice(len(full.y_val), n_train // 9, replace=False))
+        return Split(full.X_train[tr], full.y_train[tr], full.y_train_clean[tr], full.X_val[val], full.y_val[val],
+                     full.X_test, full.y_test, val_is_clean=full.val_is_clean)
+
+    return make
+
+
 _TEXT: dict = {}
 
 
@@ -202,6 +216,11 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "synth-10-tail": synthetic_row(10, 20_000, 0.3, 32, 8, 2, 1.5, weights=list(TAIL / TAIL.sum())),
     "synth-10-small": synthetic_row(10, 330, 0.4, 32, 8, 1, 2.0),  # 330 rows: 297 to train, 33 held out
     "synth-10-1k": synthetic_row(10, 1_222, 0.4, 32, 8, 1, 2.0),  # the same problem at 1,100 training rows
+    # many classes at few rows: Banking77 (77 classes) with 1,500 training rows, about 19 a class
+    "b77-sym-0.4-1.5k": subsampled_row(text_row("b77-sym-0.4"), 1_500),
+    "b77-sym-0.2-1.5k": subsampled_row(text_row("b77-sym-0.2"), 1_500),
+    "b77-inst-0.4-1.5k": subsampled_row(text_row("b77-inst-0.4"), 1_500),
+    "synth-200-4k": subsampled_row(synthetic_row(200, 40_000, 0.4, 64, 48, 1, 2.0), 4_000),  # 20 rows a class
     # wide features at few rows: 2,048 dimensions of which 32 carry the classes (the rest pure noise)
     "synth-10-wide": synthetic_row(10, 3_333, 0.4, 2048, 32, 1, 2.0),
     # real data sets of 94 to 358 training rows (the step floor's cap at 200 epochs)
