@@ -344,3 +344,14 @@ def test_read_only_features_raise_no_torch_warning():
     run = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", READ_ONLY_SCRIPT],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_rows_per_neighbour_caps_k_unless_k_is_given():
+    X, y = make_blobs(120, classes=8)  # 15 rows a class: at most 120 / (8 x 3) = 5 neighbours
+    cap = TINY | {"retrieval": {"k": 10, "rows_per_neighbour": 3.0}}
+    capped = LRAClassifier(config=cap, random_state=0).fit(X, y)
+    assert capped.config_.retrieval.k == capped.fit_info_["retrieval_k"] == 5
+    given = LRAClassifier(k=10, config=cap, random_state=0).fit(X, y)  # an explicit k is used as given
+    assert given.config_.retrieval.k == given.fit_info_["retrieval_k"] == 10
+    off = LRAClassifier(config=TINY | {"retrieval": {"k": 10}}, random_state=0).fit(X, y)  # the default: no cap
+    assert off.fit_info_["retrieval_k"] == 10

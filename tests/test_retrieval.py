@@ -186,3 +186,13 @@ def test_flip_concentration_is_0_for_uniform_flips_and_1_for_pair_flips(monkeypa
     assert flip_concentration(clean % 2, neighbours, 2) is None  # two classes: every flip is a pair flip
     monkeypatch.setattr(retrieval, "FLIP_MIN_ROWS", 3)
     assert flip_concentration(pair, neighbours, 3) is None  # too few disagreeing rows to tell
+
+
+def test_class_capped_k_allows_one_neighbour_per_three_rows_of_a_class():
+    from lra_diffusion.retrieval import class_capped_k
+
+    assert class_capped_k(10, 1_500, 77, 3.0) == 6  # 19.5 rows a class
+    assert class_capped_k(10, 1_131, 10, 3.0) == 10  # 113 rows a class: no cap
+    assert class_capped_k(10, 100, 100, 3.0) == 1  # never below one neighbour
+    assert class_capped_k(0, 100, 100, 3.0) == 0  # no retrieval stays none
+    assert class_capped_k(10, 100, 100, 0.0) == 10  # 0: no cap

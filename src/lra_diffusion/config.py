@@ -75,6 +75,11 @@ class RetrievalConfig:
     """Label retrieval from nearest neighbours in f_p space."""
 
     k: int = 10
+    # k at most N / (C x this) (at least 1; N the rows given to fit, hold-out included): beyond a class's
+    # size the nearest rows are other classes' (0 = no cap, the default; an ablation option, BENCHMARKS
+    # "Defaults suite": 3 gains on few-row Banking77 probes, loses single runs elsewhere; an explicit
+    # LRAClassifier(k=...) is never capped)
+    rows_per_neighbour: float = 0.0
     # a label-free check of k (BENCHMARKS "Defaults suite"): does the k-NN vote of the training labels
     # predict the held-out labels at least as well as the prior f_q? If not, a weak encoder's neighbours may
     # make the draws noisier than the labels. "screen": the estimator then also fits k = 0 and keeps the
@@ -235,6 +240,7 @@ class Config:
             (m.feature_dim >= 1, "model.feature_dim must be >= 1"),
             (m.x_encoder in ("trainable", "frozen"), "model.x_encoder must be 'trainable' or 'frozen'"),
             (r.k >= 0, "retrieval.k must be >= 0"),
+            (r.rows_per_neighbour >= 0, "retrieval.rows_per_neighbour must be >= 0 (0 = no cap)"),
             (r.auto_k in ("off", "screen", "rule"), "retrieval.auto_k must be 'off', 'screen' or 'rule'"),
             (r.metric in ("euclidean", "cosine"), "retrieval.metric must be 'euclidean' or 'cosine'"),
             (r.backend in ("auto", "torch", "faiss"), "retrieval.backend must be 'auto', 'torch' or 'faiss'"),

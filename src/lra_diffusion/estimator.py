@@ -26,6 +26,7 @@ from .evaluate import predict_proba, predict_y0, readout
 from .features import FeatureRows, is_mapped, map_chunks
 from .io import load_tensors, read_json, save_tensors, sha256_array, write_json
 from .models import LabelDenoiser
+from .retrieval import class_capped_k
 from .train import train
 
 RUN_FILES = ("config.json", "model.safetensors", "metrics.json")
@@ -49,7 +50,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    k : neighbours for label retrieval (None: the config's k, 10, checked by ``retrieval.auto_k``: by
+    k : neighbours for label retrieval (None: the config's k, 10, capped where ``retrieval.rows_per_neighbour``
+        is set; checked by ``retrieval.auto_k``: by
         default, where the k-NN vote of the training labels predicts the held-out labels worse than the
         prior f_q does, a second fit with k = 0 is made and the one with the higher held-out accuracy kept;
         ``fit_info_["k_rule"]``, ``["k_selection"]`` and ``["retrieval_k"]`` say what was measured and kept).
@@ -126,7 +128,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             raise InputError(f"config must be a Config, a dict or None, got {type(self.config).__name__}")
         shortcuts = {
             # an explicit k is used as given, and k="auto" fits k and 0 both (no check in either case)
-            "retrieval": {"k": None if self.k == "auto" else self.k, "auto_k": None if self.k is None else "off"},
+            "retrieval": {"k": None if self.k == "auto" else self.k, "auto_k": None if self.k is None else "off",
+                          "rows_per_neighbour": None if self.k is None else 0},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                       "val_fraction": self.val_fraction},
             "model": {"feature_dim": self.feature_dim},
@@ -184,6 +187,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             if len(unknown):
                 raise InputError(f"validation labels {unknown[:5].tolist()} are not among the training classes")
             y_val = np.searchsorted(self.classes_, y_val)
+        rc = config.retrieval  # with rows_per_neighbour: fewer neighbours where classes have few rows
+        config = config.replace(retrieval={"k": class_capped_k(rc.k, len(X), len(self.classes_), rc.rows_per_neighbour)})
         self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
         if self.k == "auto" and X_val is None and config.train.val_fraction <= 0:
             raise InputError('k="auto" chooses k on validation data: give X_val, y_val or val_fraction > 0')

@@ -70,6 +70,16 @@ def import_faiss():
     return faiss
 
 
+def class_capped_k(k: int, n: int, num_classes: int, rows_per_neighbour: float) -> int:
+    """``k``, but at most one neighbour per ``rows_per_neighbour`` rows of an average class,
+    ``n / (num_classes * rows_per_neighbour)`` (at least 1; ``k`` itself where it is 0 or the cap is 0):
+    where classes have few rows, most of a row's k nearest rows belong to other classes and the draws
+    would mostly carry their labels."""
+    if k == 0 or rows_per_neighbour <= 0:
+        return k
+    return max(1, min(k, int(n / (num_classes * rows_per_neighbour))))
+
+
 def _prepare(features: np.ndarray | torch.Tensor, metric: Metric) -> torch.Tensor:
     x = float_tensor(features)
     if x.ndim != 2:
