@@ -23,6 +23,15 @@ import torch
 from .errors import InputError
 
 
+CHUNK_BYTES = 64 * 2**20  # float32 bytes per chunk
+
+
+def chunk_rows(dim: int, chunk_bytes: int | None = None) -> int:
+    """Rows per chunk so that a float32 chunk of width ``dim`` holds about ``chunk_bytes`` (default
+    :data:`CHUNK_BYTES`, read at each call)."""
+    return max(1, (chunk_bytes or CHUNK_BYTES) // (4 * max(1, dim)))
+
+
 def float_tensor(a) -> torch.Tensor:
     """``a`` (array-like, or a tensor) as a float32 tensor, sharing its memory where it already is float32.
     A read-only array (a memory map opened with ``mmap_mode="r"``) is shared too: no caller writes into
@@ -33,14 +42,6 @@ def float_tensor(a) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(arr)
-
-CHUNK_BYTES = 64 * 2**20  # float32 bytes per chunk
-
-
-def chunk_rows(dim: int, chunk_bytes: int | None = None) -> int:
-    """Rows per chunk so that a float32 chunk of width ``dim`` holds about ``chunk_bytes`` (default
-    :data:`CHUNK_BYTES`, read at each call)."""
-    return max(1, (chunk_bytes or CHUNK_BYTES) // (4 * max(1, dim)))
 
 
 def open_features(path: str | Path, *, what: str = "features") -> np.ndarray:
