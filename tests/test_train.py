@@ -16,8 +16,8 @@ from lra_diffusion.features import FeatureRows
 from lra_diffusion.io import load_tensors
 from lra_diffusion.models import LabelDenoiser
 from lra_diffusion.retrieval import NeighbourLabelSampler
-from lra_diffusion.train import (Checkpointer, auto_epochs, run_length, ema_update, heldout_target_score, lr_factor, prefer_last,
-                                 split_holdout, train)
+from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, heldout_target_score, lr_factor, prefer_last,
+                                 run_length, split_holdout, train)
 
 from conftest import TINY, make_blobs
 
