@@ -78,7 +78,8 @@ class RetrievalConfig:
     # k at most N / (C x this) (at least 1; N the rows given to fit, hold-out included): beyond a class's
     # size the nearest rows are other classes' (0 = no cap, the default; an ablation option, BENCHMARKS
     # "Defaults suite": 3 gains on few-row Banking77 probes, loses single runs elsewhere; an explicit
-    # LRAClassifier(k=...) is never capped)
+    # LRAClassifier(k=...) is never capped). Applied by LRAClassifier.fit (so by lra fit / lra run), which
+    # stores the capped k in config_; train.train() takes retrieval.k as given
     rows_per_neighbour: float = 0.0
     # a label-free check of k (BENCHMARKS "Defaults suite"): does the k-NN vote of the training labels
     # predict the held-out labels at least as well as the prior f_q? If not, a weak encoder's neighbours may
