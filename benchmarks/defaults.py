@@ -25,6 +25,11 @@ Usage::
     python benchmarks/defaults.py --quick
     python benchmarks/defaults.py --seeds 0 1 2 --write      # results/defaults/*.json + BENCHMARKS.md
     python benchmarks/defaults.py --write-only               # the table from results/defaults/*.json
+    python benchmarks/defaults.py --rows ag-news-keywords --seeds 0 1 2 --out results/probes   # a probe
+
+``PROBES`` (``--rows`` takes them too; keep them out of ``results/defaults``, whose table is the suite's)
+are further settings the defaults were checked on (BENCHMARKS "Defaults suite"): more classes, fewer rows,
+pair flips, wide features, very high noise, weak supervision.
 
 Never run as a unit test: the full suite takes hours on 2 CPU cores.
 """
@@ -32,6 +37,7 @@ Never run as a unit test: the full suite takes hours on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -141,17 +147,55 @@ def subsampled_row(make_full: Callable[[int], Split], n_train: int) -> Callable[
 _TEXT: dict = {}
 
 
+def text_data(key: str):
+    """``benchmarks/text.py``'s ``TextData`` of ``"ag-news"`` or ``"b77"`` (texts, labels, MiniLM features;
+    loaded once, through the feature cache)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import text
+
+    if key not in _TEXT:
+        _TEXT.update(text.embed_sets(ROOT / "cache" / "features", {key})[0])
+    return _TEXT[key]
+
+
 def text_row(setting: str) -> Callable[[int], Split]:
     def make(seed: int) -> Split:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         import text
 
-        key = "ag-news" if setting == "ag-news" else "b77"
-        if key not in _TEXT:
-            _TEXT.update(text.embed_sets(ROOT / "cache" / "features", {key})[0])
+        text_data("ag-news" if setting == "ag-news" else "b77")
         return text.make_split(setting, _TEXT, seed)[0]
 
     return make
+
+
+# Keyword labelling functions for AG News (0 World, 1 Sports, 2 Business, 3 Sci/Tech), the weak-supervision probe
+AG_KEYWORDS = {0: "iraq president minister killed government war palestinian israel election troops prime nuclear",
+               1: "game season team win cup coach olympic league victory champion players match",
+               2: "oil stocks profit company shares prices bank market sales billion economy deal",
+               3: "software microsoft internet computer google space technology web users apple phone online"}
+
+
+def keyword_labels(texts: list[str], num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Weak-supervision labels: per text, the class whose keywords (``AG_KEYWORDS``, whole words) occur most
+    often; ties broken at random, and a random class where no keyword occurs (the labelling functions
+    abstain). Feature-dependent, systematic noise (about 38% on NoisyAG-News's training texts)."""
+    votes = np.zeros((len(texts), num_classes))
+    words = [set(re.findall(r"[a-z]+", t.lower())) for t in texts]
+    for c, keys in AG_KEYWORDS.items():
+        for key in keys.split():
+            votes[:, c] += [key in w for w in words]
+    tie_break = rng.random(votes.shape) * 0.1
+    covered = votes.sum(1) > 0
+    return np.where(covered, np.argmax(votes + tie_break, 1), rng.integers(0, num_classes, len(texts)))
+
+
+def keyword_row(seed: int) -> Split:
+    """NoisyAG-News's 10,000 training texts with ``keyword_labels`` (seeded) instead of the crowd's labels,
+    against their gold labels; 10% noisy hold-out, the clean AG News test set."""
+    d = text_data("ag-news")
+    clean = np.asarray(d.train.clean_labels)
+    noisy = keyword_labels(d.train.texts, 4, np.random.default_rng(seed))
+    return holdout_split(d.X_train, noisy, clean, d.X_test, np.asarray(d.test.labels), seed)
 
 
 _CIFAR: dict = {}
@@ -235,6 +279,10 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "digits-pair-0.2": digits_pairflip_row(0.2),
     "b77-pair-0.4": text_row("b77-pair-0.4"),
     "b77-pair-0.2": text_row("b77-pair-0.2"),
+    # very high symmetric noise on real sentence-encoder features (the issue's 150-class report was at 50%)
+    "b77-sym-0.6": text_row("b77-sym-0.6"),
+    "b77-sym-0.8": text_row("b77-sym-0.8"),
+    "ag-news-keywords": keyword_row,  # weak supervision: keyword labelling functions (the issue's 6-class report)
     "c10-effnet-asym-0.4": cifar_row("effnet", "asym-0.4"),
 }
 
@@ -263,7 +311,7 @@ def label_issues(split: Split, est: LRAClassifier, seed: int) -> dict:
 
 
 def run_row(row: str, seed: int, *, issues: bool, lra_kwargs: dict | None = None) -> dict:
-    split = ROWS[row](seed)
+    split = {**ROWS, **PROBES}[row](seed)
     C = int(max(split.y_train.max(), split.y_test.max())) + 1
     info = {"n_train": len(split.y_train), "n_val": len(split.y_val), "n_test": len(split.y_test),
             "dim": split.X_train.shape[1], "classes": C,
@@ -301,7 +349,7 @@ def table(results: list[dict]) -> str:
     head = ("| row | N train / C / D | seeds | LRA-diffusion | logistic reg. | MLP | 10-NN | cleanlab | "
             "LRA - best baseline | LRA fit s | issues F1 / AUROC: LRA | cleanlab |")
     lines = [head, "|" + "---|" * 12]
-    for row in ROWS:
+    for row in [*ROWS, *PROBES]:
         rs = [r for r in results if r["row"] == row]
         if not rs:
             continue
@@ -326,7 +374,8 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=None)
+    ap.add_argument("--rows", nargs="+", choices=[*ROWS, *PROBES], default=None,
+                    help="suite rows (default: all) or PROBES (write those elsewhere: --out results/probes)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--quick", action="store_true", help=f"rows {', '.join(QUICK)} at seed 0")
     ap.add_argument("--no-issues", action="store_true", help="skip the label-issue scores")
