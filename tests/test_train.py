@@ -1,4 +1,4 @@
-"""The trainer: learning-rate schedule, hold-out split, EMA, determinism, checkpoints and exact resume."""
+"""The trainer: learning-rate schedule, EMA, determinism, checkpoints and exact resume."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lra_diffusion.io import load_tensors
 from lra_diffusion.models import LabelDenoiser
 from lra_diffusion.retrieval import NeighbourLabelSampler
 from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, heldout_target_score, lr_factor, prefer_last,
-                                 run_length, split_holdout, train)
+                                 run_length, train)
 
 from conftest import TINY, make_blobs
 
@@ -85,19 +85,6 @@ def test_lr_factor_warms_up_then_decays_to_zero():
     assert lr_factor(0, 10, 0) == 1.0  # no warm-up
 
 
-def test_split_holdout():
-    g = torch.Generator().manual_seed(0)
-    tr, va = split_holdout(100, 0.1, g)
-    assert len(va) == 10 and len(tr) == 90
-    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(100))
-    assert split_holdout(100, 0.0, g)[1] is None
-    assert split_holdout(3, 0.5, g)[1] is None  # would leave fewer than 2 training rows
-    a = split_holdout(50, 0.2, torch.Generator().manual_seed(1))
-    b = split_holdout(50, 0.2, torch.Generator().manual_seed(1))
-    assert np.array_equal(a[1], b[1])
-
-
-@pytest.mark.floats
 def test_ema_update():
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():

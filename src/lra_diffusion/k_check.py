@@ -16,7 +16,6 @@ BENCHMARKS "Defaults suite" has the ablation behind each of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ import torch
 from . import distributed
 from .config import Config
 from .features import FeatureRows, float_tensor
+from .rows import TrainingRows
 from .models import PRIOR_MAX_ROWS, LabelDenoiser, choose_prior, clearly_better
 from .retrieval import NeighbourLabelSampler, flip_concentration, knn_streaming, neighbour_vote
 
@@ -32,31 +32,6 @@ K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced ove
 # 10-NN vote at 77 classes (Banking77 pair flips) but reached 0.54 against 0.78 at 200 (BENCHMARKS)
 PRIOR_DROP_MAX_CLASSES = 100
 CROSSFIT_FOLDS = 5  # [retrieval] crossfit_below_rows: the training rows' out-of-fold prior predictions
-
-
-@dataclass
-class TrainingRows:
-    """What the stages of a run read: its training rows, their labels and neighbours, the held-out rows.
-
-    ``x`` is the in-memory (n, D) float32 matrix of ``x_rows`` (None for a memory-mapped file, read in
-    chunks); ``neighbours`` (n, k) indexes the training rows; ``val_features`` / ``val_labels`` are the
-    held-out slice or the caller's validation data (None: no model selection). ``index`` / ``val_index``:
-    which of the given rows train and which are held out (None: external validation data or none);
-    ``digests``: the SHA-256 of the inputs, for the checkpoints' fingerprint.
-    """
-
-    x_rows: FeatureRows
-    labels: np.ndarray
-    x: torch.Tensor | None
-    neighbours: np.ndarray
-    val_features: np.ndarray | FeatureRows | None
-    val_labels: np.ndarray | None
-    index: np.ndarray
-    val_index: np.ndarray | None
-    digests: dict
-
-    def __len__(self) -> int:
-        return len(self.x_rows)
 
 
 def settle_prior(

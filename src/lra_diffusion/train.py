@@ -32,12 +32,13 @@ from .device import autocast_context, resolve_device, to_device
 from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
-from .io import load_tensors, save_tensors, sha256_array
-from .k_check import TrainingRows, settle_prior
+from .io import load_tensors, save_tensors
+from .k_check import settle_prior
 from .models import LabelDenoiser, clearly_better
 from . import distributed
-from .features import FeatureRows, is_mapped, map_chunks
-from .retrieval import NeighbourLabelSampler, ann_params, knn, knn_streaming
+from .rows import training_rows
+from .features import FeatureRows, map_chunks
+from .retrieval import NeighbourLabelSampler, knn_streaming
 
 
 @dataclass
@@ -93,28 +94,6 @@ def auto_epochs(tc, steps_per_epoch: int, *, n: int, num_classes: int) -> int:
     return max(1, step_floor, math.ceil(tc.auto_epochs), per_class)
 
 
-def check_inputs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, what: str = "") -> None:
-    """Raise InputError unless features (N, D) are finite and labels (N,) lie in 0..num_classes-1."""
-    if features.ndim != 2 or features.shape[1] == 0:
-        raise InputError(f"{what}features must be 2-D (N, D) with D >= 1, got shape {features.shape}")
-    if labels.shape != (len(features),):
-        raise InputError(f"{what}labels must have shape ({len(features)},) to match the features, got {labels.shape}")
-    bad = FeatureRows(features).first_nonfinite_row()  # chunk by chunk: a mapped file is never read whole
-    if bad is not None:
-        raise InputError(f"{what}features contain NaN or inf (first bad row: {bad})")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"{what}labels must be class indices in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
-
-
-def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """Random (train, held-out) row indices; no hold-out when ``fraction`` is 0 or too few rows."""
-    n_val = int(round(n * fraction))
-    if n_val < 1 or n - n_val < 2:
-        return np.arange(n), None
-    perm = torch.randperm(n, generator=generator).numpy()
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)  # one fused pass
@@ -164,45 +143,6 @@ def training_step(
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.item()
-
-
-def training_rows(features: np.ndarray, labels: np.ndarray, num_classes: int, config: Config,
-                  val_features: np.ndarray | None, val_labels: np.ndarray | None, generator: torch.Generator,
-                  dev: torch.device, ctx) -> TrainingRows:
-    """Check the inputs, hold out ``config.train.val_fraction`` of the rows (without validation data) and
-    find every training row's ``config.retrieval.k`` nearest training rows (once, on rank 0)."""
-    rc = config.retrieval
-    mapped = is_mapped(features)  # a memory-mapped file stays on disk: read in chunks and batches
-    features = features if mapped else np.ascontiguousarray(features, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    check_inputs(features, labels, num_classes)
-    if (val_features is None) != (val_labels is None):
-        raise InputError("give both val_features and val_labels, or neither")
-    if val_features is not None:
-        val_features = np.ascontiguousarray(val_features, dtype=np.float32)
-        val_labels = np.asarray(val_labels, dtype=np.int64)
-        check_inputs(val_features, val_labels, num_classes, what="validation ")
-        train_idx, val_idx = np.arange(len(features)), None
-    else:
-        train_idx, val_idx = split_holdout(len(features), config.train.val_fraction, generator)
-        if val_idx is not None:
-            val_features = FeatureRows(features, val_idx) if mapped else features[val_idx]
-            val_labels = labels[val_idx]
-    x_rows = FeatureRows(features, train_idx)
-    n = len(x_rows)
-    if rc.k >= n:
-        raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
-    ann = ann_params(n, "ivf" if rc.index == "auto" else rc.index, dim=x_rows.shape[1], store=rc.store,
-                     nlist=rc.nlist or None, nprobe=rc.nprobe or None, ef_search=rc.ef_search or None)
-    neighbours = distributed.broadcast_from_main(  # computed once, on rank 0
-        lambda: knn(x_rows if mapped else x_rows.to_numpy(), rc.k, metric=rc.metric, backend=rc.backend,
-                    index=rc.index, ann=ann, exclude_self=rc.exclude_self, device=dev)[0], ctx)
-    # in memory: the whole (n, D) matrix (moved to the device for training); mapped: gathered per batch
-    x = None if mapped else torch.from_numpy(x_rows.to_numpy())
-    digests = {"features": FeatureRows(features).sha256(), "labels": sha256_array(labels),
-               "val": FeatureRows(val_features).sha256() if val_features is not None else None}
-    return TrainingRows(x_rows, labels[train_idx], x, neighbours, val_features, val_labels, train_idx, val_idx,
-                        digests)
 
 
 def train(
