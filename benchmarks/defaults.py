@@ -175,10 +175,12 @@ AG_KEYWORDS = {0: "iraq president minister killed government war palestinian isr
                3: "software microsoft internet computer google space technology web users apple phone online"}
 
 
-def keyword_labels(texts: list[str], num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def keyword_labels(texts: list[str], num_classes: int, rng: np.random.Generator,
+                   abstain: int | None = None) -> np.ndarray:
     """Weak-supervision labels: per text, the class whose keywords (``AG_KEYWORDS``, whole words) occur most
-    often; ties broken at random, and a random class where no keyword occurs (the labelling functions
-    abstain). Feature-dependent, systematic noise (about 38% on NoisyAG-News's training texts)."""
+    often; ties broken at random, and where no keyword occurs (the labelling functions abstain) a random
+    class, or the class ``abstain``. Feature-dependent, systematic noise (about 38% on NoisyAG-News's
+    training texts either way)."""
     votes = np.zeros((len(texts), num_classes))
     words = [set(re.findall(r"[a-z]+", t.lower())) for t in texts]
     for c, keys in AG_KEYWORDS.items():
@@ -186,16 +188,20 @@ def keyword_labels(texts: list[str], num_classes: int, rng: np.random.Generator)
             votes[:, c] += [key in w for w in words]
     tie_break = rng.random(votes.shape) * 0.1
     covered = votes.sum(1) > 0
-    return np.where(covered, np.argmax(votes + tie_break, 1), rng.integers(0, num_classes, len(texts)))
+    fallback = rng.integers(0, num_classes, len(texts)) if abstain is None else np.full(len(texts), abstain)
+    return np.where(covered, np.argmax(votes + tie_break, 1), fallback)
 
 
-def keyword_row(seed: int) -> Split:
+def keyword_row(abstain: int | None = None) -> Callable[[int], Split]:
     """NoisyAG-News's 10,000 training texts with ``keyword_labels`` (seeded) instead of the crowd's labels,
     against their gold labels; 10% noisy hold-out, the clean AG News test set."""
-    d = text_data("ag-news")
-    clean = np.asarray(d.train.clean_labels)
-    noisy = keyword_labels(d.train.texts, 4, np.random.default_rng(seed))
-    return holdout_split(d.X_train, noisy, clean, d.X_test, np.asarray(d.test.labels), seed)
+    def make(seed: int) -> Split:
+        d = text_data("ag-news")
+        clean = np.asarray(d.train.clean_labels)
+        noisy = keyword_labels(d.train.texts, 4, np.random.default_rng(seed), abstain)
+        return holdout_split(d.X_train, noisy, clean, d.X_test, np.asarray(d.test.labels), seed)
+
+    return make
 
 
 _CIFAR: dict = {}
@@ -282,7 +288,8 @@ PROBES: dict[str, Callable[[int], Split]] = {
     # very high symmetric noise on real sentence-encoder features (the issue's 150-class report was at 50%)
     "b77-sym-0.6": text_row("b77-sym-0.6"),
     "b77-sym-0.8": text_row("b77-sym-0.8"),
-    "ag-news-keywords": keyword_row,  # weak supervision: keyword labelling functions (the issue's 6-class report)
+    "ag-news-keywords": keyword_row(),  # weak supervision: keyword labelling functions (the issue's 6-class report)
+    "ag-news-keywords-world": keyword_row(abstain=0),  # ... where none fires, a default class (World)
     "c10-effnet-asym-0.4": cifar_row("effnet", "asym-0.4"),
 }
 

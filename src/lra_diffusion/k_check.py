@@ -23,9 +23,9 @@ import torch
 from . import distributed
 from .config import Config
 from .features import FeatureRows, float_tensor
-from .rows import TrainingRows
 from .models import PRIOR_MAX_ROWS, LabelDenoiser, choose_prior, clearly_better
 from .retrieval import NeighbourLabelSampler, flip_concentration, knn_streaming, neighbour_vote
+from .rows import TrainingRows
 
 K_RULE_ROWS = 5000  # held-out rows the k rule scores at most (evenly spaced over the slice)
 # the prior is dropped (prior_drop_concentration) up to this many classes: without it the denoiser beat the

@@ -26,19 +26,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .config import Config
 from .device import autocast_context, resolve_device, to_device
 from .diffusion import antithetic_timesteps, q_sample, weighted_eps_loss
 from .errors import InputError
 from .evaluate import predict_y0, readout, schedule_alpha_bar
+from .features import FeatureRows, map_chunks
 from .io import load_tensors, save_tensors
 from .k_check import settle_prior
 from .models import LabelDenoiser, clearly_better
-from . import distributed
-from .rows import training_rows
-from .features import FeatureRows, map_chunks
 from .retrieval import NeighbourLabelSampler, knn_streaming
+from .rows import training_rows
 
 
 @dataclass
