@@ -160,9 +160,9 @@ def text_data(key: str):
 
 def text_row(setting: str) -> Callable[[int], Split]:
     def make(seed: int) -> Split:
+        text_data("ag-news" if setting == "ag-news" else "b77")  # (puts benchmarks/ on the path first)
         import text
 
-        text_data("ag-news" if setting == "ag-news" else "b77")
         return text.make_split(setting, _TEXT, seed)[0]
 
     return make

@@ -75,8 +75,8 @@ class RetrievalConfig:
     """Label retrieval from nearest neighbours in f_p space."""
 
     k: int = 10
-    # k at most N / (C x this) (at least 1; N the rows given to fit, hold-out included): beyond a class's
-    # size the nearest rows are other classes' (0 = no cap, the default; an ablation option, BENCHMARKS
+    # k at most N / (C x this) (at least 1; N the rows given to fit, hold-out included): with few rows a
+    # class more of the nearest rows are other classes' (0 = no cap, the default; an ablation option, BENCHMARKS
     # "Defaults suite": 3 gains on few-row Banking77 probes, loses single runs elsewhere; an explicit
     # LRAClassifier(k=...) is never capped). Applied by LRAClassifier.fit (so by lra fit / lra run), which
     # stores the capped k in config_; train.train() takes retrieval.k as given

@@ -73,8 +73,8 @@ def import_faiss():
 def class_capped_k(k: int, n: int, num_classes: int, rows_per_neighbour: float) -> int:
     """``k``, but at most one neighbour per ``rows_per_neighbour`` rows of an average class,
     ``n / (num_classes * rows_per_neighbour)`` (at least 1; ``k`` itself where it is 0 or the cap is 0):
-    where classes have few rows, most of a row's k nearest rows belong to other classes and the draws
-    would mostly carry their labels."""
+    where classes have few rows, more of a row's k nearest rows belong to other classes and carry their
+    labels into the draws (a third at about 19 rows a class on Banking77, against 15% with all its rows)."""
     if k == 0 or rows_per_neighbour <= 0:
         return k
     return max(1, min(k, int(n / (num_classes * rows_per_neighbour))))
