@@ -238,6 +238,34 @@ def cifar_row(encoder: str, setting: str) -> Callable[[int], Split]:
     return make
 
 
+def cifar_wide_row(n_train: int, labels: str) -> Callable[[int], Split]:
+    """Wide real features at few rows: EfficientNet-Lite0's raw 1,280-d features (the default precision, no
+    PCA) of the first 10,000 shared CIFAR-10 training images and the first 2,000 test images (embedded
+    once, through the feature cache); ``n_train`` of the 10,000 (seeded) train with their CIFAR-10N
+    ``labels`` and a ninth as many others are held out (noisy), the 2,000 test images are scored."""
+    def make(seed: int) -> Split:
+        if "wide" not in _CIFAR:
+            from lra_diffusion.data import load_shared_cifar10
+            from lra_diffusion.encoders import embed, get_encoder
+
+            root, cache = SHARED / "cifar10", ROOT / "cache" / "features"
+            train, clean = load_shared_cifar10(root, "train")
+            test, y_test = load_shared_cifar10(root, "test")
+            encoder = get_encoder("efficientnet-lite0")
+            kw = {"cache_dir": cache, "dataset": "shared-cifar10-head", "progress": True}
+            _CIFAR["wide"] = (np.asarray(embed(encoder, train[:10_000], split="train10k", **kw)), clean[:10_000],
+                              np.asarray(embed(encoder, test[:2_000], split="test2k", **kw)), y_test[:2_000])
+        from lra_diffusion.data import load_cifar_n
+
+        X, clean, X_test, y_test = _CIFAR["wide"]
+        noisy = load_cifar_n(SHARED / "cifar10" / "noisy_labels" / "cifar10n.csv", labels)[:10_000]
+        perm = np.random.default_rng(seed).permutation(10_000)
+        tr, val = np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_train // 9])
+        return Split(X[tr], noisy[tr], clean[tr], X[val], noisy[val], X_test, y_test, val_is_clean=False)
+
+    return make
+
+
 ROWS: dict[str, Callable[[int], Split]] = {
     "digits-sym-0.4": digits_row,
     "b77-sym-0.2": text_row("b77-sym-0.2"),
@@ -291,6 +319,11 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "ag-news-keywords": keyword_row(),  # weak supervision: keyword labelling functions (the issue's 6-class report)
     "ag-news-keywords-world": keyword_row(abstain=0),  # ... where none fires, a default class (World)
     "c10-effnet-asym-0.4": cifar_row("effnet", "asym-0.4"),
+    # wide real features at few rows: EfficientNet-Lite0's raw 1,280 dimensions at 2,000 / 5,000 CIFAR-10 images
+    "c10-wide-2k-worse": cifar_wide_row(2_000, "worse"),
+    "c10-wide-5k-worse": cifar_wide_row(5_000, "worse"),
+    "c10-wide-2k-aggre": cifar_wide_row(2_000, "aggre"),
+    "ag-news-1k": subsampled_row(text_row("ag-news"), 1_000),  # sentence features (384-d) at 1,000 texts
 }
 
 
