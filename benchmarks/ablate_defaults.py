@@ -48,12 +48,15 @@ def clean_split(split: Split, seed: int) -> Split:
 
 
 def prior_text(info: dict) -> str:
-    """The kept prior's kind and targets, e.g. ``prior linear/retrieval ``, and the k check's flip concentration;
-    empty without a prior."""
+    """The kept prior's kind and targets, e.g. ``prior linear/retrieval ``, the k check's flip concentration
+    and the projection check (rank, kept or not, held-out rows only it / only all features get right)."""
     prior = info.get("prior")
     conc = (info.get("k_rule") or {}).get("flip_concentration")
+    proj = info.get("projection")
     return (f"prior {prior['kind']}/{prior.get('targets', 'dropped')} " if prior else "") + (
-        f"flips {conc:.2f} " if conc is not None else "")
+        f"flips {conc:.2f} " if conc is not None else "") + (
+        f"projection {proj['rank']} {'kept' if proj['kept'] else 'not kept'} ({proj['projected_only']} / "
+        f"{proj['whole_only']}) " if proj else "")
 
 
 def main() -> None:

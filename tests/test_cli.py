@@ -121,6 +121,19 @@ def test_fit_says_when_the_prior_is_dropped(inputs, tmp_path):
     assert LRAClassifier.load(tmp_path / "run").config_.diffusion.prior == "zero"
 
 
+def test_fit_says_whether_wide_features_are_projected(inputs, tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 1000)
+    X = rng.normal(size=(1000, 800)).astype(np.float32)  # the classes on three of 800 dimensions
+    X[:, :3] = 3.0 * (X[:, :3] + 2.0 * np.eye(3, dtype=np.float32)[y])
+    np.save(inputs / "features.npy", X)
+    np.save(inputs / "labels.npy", y)
+    res = lra(*fit_args(inputs, tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    assert "wide features: the top 90 principal components kept; a logistic regression" in res.stdout
+    assert LRAClassifier.load(tmp_path / "run").model_.input_rank == 90
+
+
 @pytest.mark.parametrize("classes", [np.array([2, 5, 9]), np.array(["ant", "bee", "cat"])])
 def test_non_contiguous_and_string_labels_are_mapped(inputs, tmp_path, classes):
     np.save(inputs / "labels.npy", classes[np.load(inputs / "labels.npy")])

@@ -325,6 +325,29 @@ def test_a_dropped_prior_is_saved_as_prior_zero(tmp_path):
     np.testing.assert_array_equal(loaded.predict_label_vectors(X), est.predict_label_vectors(X))
 
 
+@pytest.mark.floats
+def test_wide_features_train_on_a_projection_that_is_saved(tmp_path):
+    """Features wider than the rows support ([model] input_rows_per_dim): the denoiser sees the top
+    principal components; the run saves the projection and loads and predicts the same."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 1000)
+    X = rng.normal(size=(1000, 800)).astype(np.float32)
+    X[:, :3] += 2.0 * np.eye(3, dtype=np.float32)[y]  # the classes on three of 800 dimensions, ...
+    X[:, :3] *= 3.0  # ... of large variance
+    config = {**TINY, "model": {**TINY["model"], "input_rows_per_dim": 20.0, "input_min_rank": 4}}
+    est = small(config=config).fit(X, y)
+    record = est.fit_info_["projection"]  # measured: 27 held-out rows only the projection gets right, 2 the whole
+    assert record["kept"] and record["rank"] == 45 and record["projected_only"] > 3 * record["whole_only"]
+    assert est.model_.input_rank == 45 and est.model_.feat_proj.shape == (800, 45) and est.n_features_in_ == 800
+    est.save(tmp_path / "run")
+    loaded = LRAClassifier.load(tmp_path / "run")
+    assert loaded.model_.input_rank == 45
+    np.testing.assert_array_equal(loaded.predict_label_vectors(X), est.predict_label_vectors(X))
+    never = small(config={**TINY, "model": {**TINY["model"], "input_rows_per_dim": 0.0}}).fit(X, y)
+    assert never.model_.input_rank == 0 and "projection" not in never.fit_info_
+    assert small().fit(X, y).fit_info_["projection"]["rank"] == 90  # the default: 900 rows / 10
+
+
 READ_ONLY_SCRIPT = """
 import numpy as np
 from lra_diffusion import LRAClassifier

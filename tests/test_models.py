@@ -55,6 +55,21 @@ def test_feature_standardisation():
     assert torch.isfinite(model(f, y, t)).all()
 
 
+def test_feature_projection():
+    """With input_rank d the features are centred, projected on feat_proj (D, d), then standardised."""
+    model = make(input_rank=2).eval()
+    f, y, t = inputs()
+    proj = torch.zeros(6, 2)
+    proj[1, 0] = proj[4, 1] = 1.0
+    model.set_feature_stats(torch.full((6,), 1.0), torch.full((2,), 2.0), proj)
+    torch.testing.assert_close(model.standardise(f), (f[:, [1, 4]] - 1.0) / 2.0)
+    assert model(f, y, t).shape == (len(f), 4) and model.input_rank == 2
+    with pytest.raises(ValueError, match="projects"):
+        model.set_feature_stats(torch.zeros(6), torch.ones(2))  # no projection given
+    with pytest.raises(ValueError, match="projects"):
+        make().set_feature_stats(torch.zeros(6), torch.ones(6), proj)
+
+
 @pytest.mark.parametrize("x_encoder", ["trainable", "frozen"])
 def test_trainable_state_is_explicit(x_encoder):
     model = make(x_encoder=x_encoder)

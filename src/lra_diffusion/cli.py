@@ -190,6 +190,12 @@ def fit(
     if info.get("prior", {}).get("kind") == "zero":
         typer.echo(f"prior f_q: none (the labels flip in pairs: flip concentration "
                    f"{info['k_rule']['flip_concentration']:.2f}; a classifier fitted to them would learn the flips)")
+    if "projection" in info:
+        proj = info["projection"]
+        kept = "kept" if proj["kept"] else "not kept (the features stay whole)"
+        typer.echo(f"wide features: the top {proj['rank']} principal components {kept}; a logistic regression on "
+                   f"them predicts {proj['projected_val_accuracy']:.4f} of the validation labels, on all features "
+                   f"{proj['whole_val_accuracy']:.4f}")
     if "k_rule" in info:
         rule = info["k_rule"]
         typer.echo(f"k check: the nearest neighbours' vote predicts {rule['vote_accuracy']:.4f} of the "

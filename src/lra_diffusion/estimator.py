@@ -84,6 +84,10 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     model_ : the trained :class:`~lra_diffusion.models.LabelDenoiser` (eval mode).
     config_ : the effective :class:`~lra_diffusion.config.Config`.
     history_ : per-epoch training loss and validation accuracy.
+    fit_info_ : what the fit measured and chose: epochs, steps, seconds, the selected epoch; ``"prior"``,
+        ``"k_rule"``, ``"k_selection"`` (above) and, for features wider than the rows support,
+        ``"projection"`` (``[model] input_rows_per_dim``: the rank, both logistic regressions' validation
+        accuracies and whether the denoiser sees the projection; README, "How the defaults are chosen").
     """
 
     def __init__(
@@ -227,6 +231,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             self.fit_info_["prior"] = result.prior
         if result.selection is not None:
             self.fit_info_["selection"] = result.selection
+        if result.projection is not None:
+            self.fit_info_["projection"] = result.projection
         if k_rule is not None:
             self.fit_info_["k_rule"] = k_rule
         if len(selection) > 1:
@@ -333,8 +339,10 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         est.seed_ = info["seed"]
         tensors, _ = load_tensors(run_dir / "model.safetensors")
         hidden = tensors.get("prior_hidden_weight")  # an MLP prior ("mlp", or chosen by "auto")
+        proj = tensors.get("feat_proj")  # wide features at few rows ([model] input_rows_per_dim)
         model = LabelDenoiser.from_config(len(est.classes_), est.n_features_in_, config,
-                                          prior_hidden=0 if hidden is None else hidden.shape[1])
+                                          prior_hidden=0 if hidden is None else hidden.shape[1],
+                                          input_rank=0 if proj is None else proj.shape[1])
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:

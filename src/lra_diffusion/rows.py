@@ -105,3 +105,61 @@ def training_rows(features: np.ndarray, labels: np.ndarray, num_classes: int, co
                "val": FeatureRows(val_features).sha256() if val_features is not None else None}
     return TrainingRows(x_rows, labels[train_idx], x, neighbours, val_features, val_labels, train_idx, val_idx,
                         digests)
+
+
+
+def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
+    """The denoiser's fixed input transform from the training rows: their mean (D,), the projection onto
+    their top d principal components (D, d) or None, and the std of the (projected) features; and a record
+    of the projection check (None where it did not apply).
+
+    The projection is a candidate where ``[model] input_rows_per_dim`` asks for one and the (in-memory)
+    features are wider than d = max(input_min_rank, n / input_rows_per_dim); it is kept where a logistic
+    regression on the projected features is *clearly* more accurate on the held-out labels than one on all
+    features (:func:`~lra_diffusion.models.prior.clearly_better`), else the features stay whole.
+    """
+    mc, x = config.model, rows.x
+    if x is None:  # mapped: two chunked passes, float64 sums
+        return (*rows.x_rows.mean_std(), None, None)
+    n, dim = x.shape
+    whole = (x.mean(0), x.std(0) if n > 1 else torch.ones(dim), None)
+    rank = max(mc.input_min_rank, int(n / mc.input_rows_per_dim)) if mc.input_rows_per_dim > 0 else dim
+    if rank >= dim or n < 2 or rows.val_features is None:
+        return (*whole, None)
+    projected = principal_projection(x, rank)
+    record = projection_check(x, rows, whole, projected, num_classes, seed)
+    return (*(projected if record["kept"] else whole), record)
+
+
+def principal_projection(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean (D,) of x (n, D), its top ``rank`` principal directions (D, rank), orthonormal, in order of
+    variance, and the std (rank,) of the centred rows along them (the mean and the eigenproblem in float64)."""
+    mean = x.double().mean(0).float()
+    centred = x - mean  # float32: a float64 copy of a wide matrix would double the memory
+    _, vectors = torch.linalg.eigh((centred.T @ centred).double())  # ascending: the last `rank` columns
+    proj = vectors[:, -rank:].flip(1).float().contiguous()
+    return mean, (centred @ proj).std(0), proj
+
+
+def projection_check(x: torch.Tensor, rows: TrainingRows, whole: tuple, projected: tuple, num_classes: int,
+                     seed: int) -> dict:
+    """Logistic regressions (:func:`~lra_diffusion.models.prior.fit_prior`) on all standardised features
+    and on the projected ones, scored on the held-out labels: is the projection clearly better?"""
+    from .models.prior import clearly_better, fit_prior
+
+    x_val = torch.from_numpy(np.asarray(rows.val_features, dtype=np.float32))
+    y, y_val = torch.from_numpy(rows.labels), torch.from_numpy(np.asarray(rows.val_labels))
+    right = []
+    for mean, std, proj in (whole, projected):
+        def f(a: torch.Tensor) -> torch.Tensor:
+            a = a - mean
+            return (a if proj is None else a @ proj) / torch.where(std > 1e-6, std, torch.full_like(std, float("inf")))
+        gen = torch.Generator().manual_seed(seed)  # its own: the run's generator draws nothing here
+        prior = fit_prior(f(x), y, num_classes, f_val=f(x_val), y_val=y_val, generator=gen)
+        with torch.no_grad():
+            right.append(prior.logits(f(x_val)).argmax(1) == y_val)
+    only_projected, only_whole = int((right[1] & ~right[0]).sum()), int((right[0] & ~right[1]).sum())
+    return {"rank": projected[2].shape[1], "whole_val_accuracy": float(right[0].float().mean()),
+            "projected_val_accuracy": float(right[1].float().mean()), "projected_only": only_projected,
+            "whole_only": only_whole, "kept": clearly_better(only_projected, only_whole)}

@@ -37,7 +37,7 @@ from .io import load_tensors, save_tensors
 from .k_check import settle_prior
 from .models import LabelDenoiser, clearly_better
 from .retrieval import NeighbourLabelSampler, knn_streaming
-from .rows import training_rows
+from .rows import feature_stats, training_rows
 
 
 @dataclass
@@ -61,6 +61,9 @@ class TrainResult:
     neighbours: np.ndarray | None = None
     k_rule: dict | None = None  # the rule's held-out accuracies and choice (None when it did not apply)
     prior: dict | None = None  # which prior f_q was fitted and its held-out accuracies (None: no prior)
+    # [model] input_rows_per_dim: the projection's rank, both logistic regressions' held-out accuracies and
+    # whether it was kept (None: not a candidate)
+    projection: dict | None = None
     resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
     # selection "prefer_last": the best candidate's epoch, the rows only it / only the last epoch gets right,
     # and which was kept (None: selection "best", or the best was the last epoch)
@@ -181,16 +184,16 @@ def train(
     rows = training_rows(features, labels, num_classes, config, val_features, val_labels, gen, dev, ctx)
     x_rows, y_np, x, n = rows.x_rows, rows.labels, rows.x, len(rows)
     val_features, val_labels = rows.val_features, rows.val_labels
-    # mapped: two chunked passes, float64 sums
-    stats = x_rows.mean_std() if x is None else (x.mean(0), x.std(0) if n > 1 else torch.ones(x.shape[1]))
+    mean, std, proj, projection = feature_stats(rows, config, num_classes=num_classes, seed=seed)
 
     def build(cfg: Config) -> LabelDenoiser:
         """The initial denoiser of ``cfg``. Its weights come from the seed too: nn.Linear draws from torch's
         global CPU generator, so seed it inside a fork that restores the caller's state afterwards."""
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
-            built = LabelDenoiser.from_config(num_classes, x_rows.shape[1], cfg)
-        built.set_feature_stats(*stats)
+            built = LabelDenoiser.from_config(num_classes, x_rows.shape[1], cfg,
+                                              input_rank=0 if proj is None else proj.shape[1])
+        built.set_feature_stats(mean, std, proj)
         return built
 
     # the prior f_q fitted to the labels, and the k check acted on (k_check.py)
@@ -280,7 +283,7 @@ def train(
         model=eval_model, history=state["history"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=rows.index, val_index=rows.val_index, neighbours=neighbours,
-        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=chosen,
+        resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=chosen, projection=projection,
     )
 
 

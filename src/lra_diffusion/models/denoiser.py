@@ -51,6 +51,8 @@ class LabelDenoiser(nn.Module):
     ----------
     num_classes : C.
     input_dim : D, the feature width.
+    input_rank : d, where the features are projected onto their top d principal components before the
+        standardisation (buffer ``feat_proj`` (D, d), set by :meth:`set_feature_stats`); 0 = no projection.
     feature_dim : F, the hidden width (512 as the paper's CIFAR model).
     timesteps : T.
     x_encoder : "trainable" or "frozen".
@@ -68,14 +70,18 @@ class LabelDenoiser(nn.Module):
         feature_dim: int = 512,
         timesteps: int = 1000,
         x_encoder: str = "trainable",
+        input_rank: int = 0,
         prior: bool = False,
         prior_hidden: int = 0,
         prediction: str = "eps",
     ):
         super().__init__()
         self.num_classes, self.input_dim, self.has_prior = num_classes, input_dim, prior
-        # fixed input standardisation, set from the training features by the trainer
+        # fixed input standardisation (after the optional projection), set from the training features
         self.register_buffer("feat_mean", torch.zeros(input_dim))
+        if input_rank:
+            self.register_buffer("feat_proj", torch.zeros(input_dim, input_rank))
+            input_dim = input_rank  # the width every later layer sees
         self.register_buffer("feat_std", torch.ones(input_dim))
         self.encoder_x = nn.Linear(input_dim, feature_dim)
         self.norm_x = nn.BatchNorm1d(feature_dim)
@@ -104,16 +110,24 @@ class LabelDenoiser(nn.Module):
             nn.init.zeros_(self.lin4.bias)
 
     @classmethod
-    def from_config(cls, num_classes: int, input_dim: int, config, *, prior_hidden: int = 0) -> LabelDenoiser:
+    def from_config(cls, num_classes: int, input_dim: int, config, *, prior_hidden: int = 0,
+                    input_rank: int = 0) -> LabelDenoiser:
         """The denoiser a :class:`~lra_diffusion.config.Config` describes (weights from torch's RNG);
-        ``prior_hidden``: the fitted prior's hidden width, where it has one (a saved run's tensors say)."""
+        ``prior_hidden``: the fitted prior's hidden width, where it has one, and ``input_rank``: the
+        projection's width, where there is one (:func:`input_rank`; a saved run's tensors say both)."""
         return cls(num_classes, input_dim, feature_dim=config.model.feature_dim,
-                   timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder,
+                   timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder, input_rank=input_rank,
                    prior=config.diffusion.prior != "zero", prior_hidden=prior_hidden,
                    prediction=config.diffusion.prediction)
 
-    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor, proj: torch.Tensor | None = None) -> None:
+        """The training features' mean (D,) and, after the projection ``proj`` (D, d) where the denoiser has
+        one, the std (D,) or (d,) of the (projected) features."""
         self.feat_mean.copy_(mean)
+        if (proj is None) != (self.input_rank == 0):
+            raise ValueError(f"this denoiser projects to {self.input_rank} dimensions, got proj {proj is not None}")
+        if proj is not None:
+            self.feat_proj.copy_(proj)
         # a feature constant on the training data carries nothing and its weights never trained: an
         # infinite std maps it to 0 for any (finite) value it takes at prediction time, where dividing
         # by ~0 blew other values up into inf / NaN and std 1 fed them into untrained weights
@@ -135,14 +149,23 @@ class LabelDenoiser(nn.Module):
                 self.register_buffer(name, value.detach().clone().float().to(dev))
 
     @property
+    def input_rank(self) -> int:
+        """d, the width of the features' projection (0: none)."""
+        p = self._buffers.get("feat_proj")
+        return 0 if p is None else p.shape[1]
+
+    @property
     def prior_hidden(self) -> int:
         """H, the prior's hidden width (0: linear or no prior)."""
         w = self._buffers.get("prior_hidden_weight")
         return 0 if w is None else w.shape[1]
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, D): the fixed input standardisation of the training features."""
-        return (features - self.feat_mean) / self.feat_std
+        """(B, D) -> (B, D) or (B, d): the fixed input projection and standardisation of the training features."""
+        centred = features - self.feat_mean
+        if self.input_rank:
+            centred = centred @ self.feat_proj
+        return centred / self.feat_std
 
     def prior_mean(self, features: torch.Tensor) -> torch.Tensor | None:
         """CARD's prior mean f_q(x), (B, C) class probabilities; None when built without a prior."""
