@@ -134,12 +134,14 @@ def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
 
 def principal_projection(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mean (D,) of x (n, D), its top ``rank`` principal directions (D, rank), orthonormal, in order of
-    variance, and the std (rank,) of the centred rows along them (the mean and the eigenproblem in float64)."""
-    mean = x.double().mean(0).float()
-    centred = x - mean  # float32: a float64 copy of a wide matrix would double the memory
-    _, vectors = torch.linalg.eigh((centred.T @ centred).double())  # ascending: the last `rank` columns
-    proj = vectors[:, -rank:].flip(1).float().contiguous()
-    return mean, (centred @ proj).std(0), proj
+    variance (scikit-learn's PCA: a full SVD, or a randomized one with a fixed seed where the matrix is large
+    and the rank small, so wide inputs cost about n x D x rank), and the std (rank,) of the rows along them."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(rank, random_state=0).fit(x.numpy())
+    mean = torch.from_numpy(pca.mean_).float()
+    proj = torch.from_numpy(pca.components_.T).float().contiguous()
+    return mean, ((x - mean) @ proj).std(0), proj
 
 
 def projection_check(x: torch.Tensor, rows: TrainingRows, whole: tuple, projected: tuple, num_classes: int,
