@@ -3,7 +3,9 @@
 :func:`training_rows` checks the inputs (:func:`check_inputs`), holds out the validation slice of the
 *noisy* rows where no validation data is given (:func:`split_holdout`) and finds every training row's
 nearest training rows once; :class:`TrainingRows` carries what the later stages read (the prior and the
-k check in :mod:`.k_check`, the trainer in :mod:`.train`).
+k check in :mod:`.k_check`, the trainer in :mod:`.train`). :func:`feature_stats` gives the denoiser's fixed
+input transform: the training rows' mean and std, and for features wider than the rows support a projection
+onto their top principal components where the held-out labels clearly prefer it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
 
 from . import distributed
 from .config import Config
 from .errors import InputError
 from .features import FeatureRows, is_mapped
 from .io import sha256_array
+from .models.prior import clearly_better, fit_prior
 from .retrieval import ann_params, knn
 
 
@@ -107,7 +111,6 @@ def training_rows(features: np.ndarray, labels: np.ndarray, num_classes: int, co
                         digests)
 
 
-
 def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
     """The denoiser's fixed input transform from the training rows: their mean (D,), the projection onto
@@ -136,31 +139,32 @@ def principal_projection(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     """The mean (D,) of x (n, D), its top ``rank`` principal directions (D, rank), orthonormal, in order of
     variance (scikit-learn's PCA: a full SVD, or a randomized one with a fixed seed where the matrix is large
     and the rank small, so wide inputs cost about n x D x rank), and the std (rank,) of the rows along them."""
-    from sklearn.decomposition import PCA
-
     pca = PCA(rank, random_state=0).fit(x.numpy())
     mean = torch.from_numpy(pca.mean_).float()
     proj = torch.from_numpy(pca.components_.T).float().contiguous()
     return mean, ((x - mean) @ proj).std(0), proj
 
 
+def standardised(a: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, proj: torch.Tensor | None) -> torch.Tensor:
+    """Rows as the denoiser sees them (:meth:`LabelDenoiser.standardise`): centred, projected where ``proj``
+    is given, divided by the std (a constant direction maps to 0)."""
+    a = a - mean
+    return (a if proj is None else a @ proj) / torch.where(std > 1e-6, std, torch.full_like(std, float("inf")))
+
+
 def projection_check(x: torch.Tensor, rows: TrainingRows, whole: tuple, projected: tuple, num_classes: int,
                      seed: int) -> dict:
     """Logistic regressions (:func:`~lra_diffusion.models.prior.fit_prior`) on all standardised features
     and on the projected ones, scored on the held-out labels: is the projection clearly better?"""
-    from .models.prior import clearly_better, fit_prior
-
     x_val = torch.from_numpy(np.asarray(rows.val_features, dtype=np.float32))
     y, y_val = torch.from_numpy(rows.labels), torch.from_numpy(np.asarray(rows.val_labels))
     right = []
-    for mean, std, proj in (whole, projected):
-        def f(a: torch.Tensor) -> torch.Tensor:
-            a = a - mean
-            return (a if proj is None else a @ proj) / torch.where(std > 1e-6, std, torch.full_like(std, float("inf")))
+    for transform in (whole, projected):
         gen = torch.Generator().manual_seed(seed)  # its own: the run's generator draws nothing here
-        prior = fit_prior(f(x), y, num_classes, f_val=f(x_val), y_val=y_val, generator=gen)
+        f, f_val = standardised(x, *transform), standardised(x_val, *transform)
+        prior = fit_prior(f, y, num_classes, f_val=f_val, y_val=y_val, generator=gen)
         with torch.no_grad():
-            right.append(prior.logits(f(x_val)).argmax(1) == y_val)
+            right.append(prior.logits(f_val).argmax(1) == y_val)
     only_projected, only_whole = int((right[1] & ~right[0]).sum()), int((right[0] & ~right[1]).sum())
     return {"rank": projected[2].shape[1], "whole_val_accuracy": float(right[0].float().mean()),
             "projected_val_accuracy": float(right[1].float().mean()), "projected_only": only_projected,

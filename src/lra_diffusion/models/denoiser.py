@@ -114,7 +114,7 @@ class LabelDenoiser(nn.Module):
                     input_rank: int = 0) -> LabelDenoiser:
         """The denoiser a :class:`~lra_diffusion.config.Config` describes (weights from torch's RNG);
         ``prior_hidden``: the fitted prior's hidden width, where it has one, and ``input_rank``: the
-        projection's width, where there is one (:func:`input_rank`; a saved run's tensors say both)."""
+        projection's width, where there is one (:attr:`input_rank`; a saved run's tensors say both)."""
         return cls(num_classes, input_dim, feature_dim=config.model.feature_dim,
                    timesteps=config.diffusion.timesteps, x_encoder=config.model.x_encoder, input_rank=input_rank,
                    prior=config.diffusion.prior != "zero", prior_hidden=prior_hidden,
