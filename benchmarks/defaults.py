@@ -323,7 +323,9 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "c10-wide-2k-worse": cifar_wide_row(2_000, "worse"),
     "c10-wide-5k-worse": cifar_wide_row(5_000, "worse"),
     "c10-wide-2k-aggre": cifar_wide_row(2_000, "aggre"),
+    "c10-wide-1k-worse": cifar_wide_row(1_000, "worse"),
     "ag-news-1k": subsampled_row(text_row("ag-news"), 1_000),  # sentence features (384-d) at 1,000 texts
+    "ag-news-500": subsampled_row(text_row("ag-news"), 500),
 }
 
 
