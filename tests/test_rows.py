@@ -114,6 +114,8 @@ def test_feature_stats_without_the_projection_are_the_plain_mean_and_std():
     assert torch.equal(mean, rows.x.mean(0)) and torch.equal(std, rows.x.std(0))
     narrow = Config().replace(model={"input_rows_per_dim": 1.0})  # 160 rows: rank 160 >= 120 dims
     assert feature_stats(rows, narrow, num_classes=2)[2:] == (None, None)
+    tiny = _rows(*_wide(n=50, d=120))  # 40 training rows: fewer than the rank, 64
+    assert feature_stats(tiny, Config(), num_classes=2)[2:] == (None, None)
     # the default (10 rows a dimension, at least 64) makes it a candidate; random labels do not keep it
     mean, std, proj, record = feature_stats(rows, Config(), num_classes=2)
     assert record["rank"] == 64 and not record["kept"] and proj is None

@@ -68,7 +68,7 @@ class ModelConfig:
 
     feature_dim: int = 512  # F, the hidden width
     x_encoder: Literal["trainable", "frozen"] = "trainable"  # frozen = random projection (ablation)
-    # wide features at few rows: where D > d = max(input_min_rank, n / input_rows_per_dim) (n the training
+    # wide features at few rows: where D > d = max(input_min_rank, n / input_rows_per_dim) < n (n the training
     # rows, in memory) and a logistic regression on the features' top d principal components is clearly
     # more accurate on the held-out labels than one on all D (rows.feature_stats), the denoiser and the
     # prior see that projection (stored in the model); retrieval stays in the full feature space; 0 = never

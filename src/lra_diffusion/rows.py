@@ -118,7 +118,8 @@ def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
     of the projection check (None where it did not apply).
 
     The projection is a candidate where ``[model] input_rows_per_dim`` asks for one and the (in-memory)
-    features are wider than d = max(input_min_rank, n / input_rows_per_dim); it is kept where a logistic
+    features are wider than d = max(input_min_rank, n / input_rows_per_dim) and there are more than d rows; it
+    is kept where a logistic
     regression on the projected features is *clearly* more accurate on the held-out labels than one on all
     features (:func:`~lra_diffusion.models.prior.clearly_better`), else the features stay whole.
     """
@@ -128,7 +129,7 @@ def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
     n, dim = x.shape
     whole = (x.mean(0), x.std(0) if n > 1 else torch.ones(dim), None)
     rank = max(mc.input_min_rank, int(n / mc.input_rows_per_dim)) if mc.input_rows_per_dim > 0 else dim
-    if rank >= dim or n < 2 or rows.val_features is None:
+    if rank >= min(dim, n) or rows.val_features is None:  # narrow enough, or fewer rows than the rank
         return (*whole, None)
     projected = principal_projection(x, rank)
     record = projection_check(x, rows, whole, projected, num_classes, seed)
