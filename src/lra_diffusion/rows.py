@@ -21,6 +21,7 @@ from .config import Config
 from .errors import InputError
 from .features import FeatureRows, is_mapped
 from .io import sha256_array
+from .models.denoiser import guarded_std, standardise
 from .models.prior import clearly_better, fit_prior
 from .retrieval import ann_params, knn
 
@@ -146,13 +147,6 @@ def principal_projection(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return mean, ((x - mean) @ proj).std(0), proj
 
 
-def standardised(a: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, proj: torch.Tensor | None) -> torch.Tensor:
-    """Rows as the denoiser sees them (:meth:`LabelDenoiser.standardise`): centred, projected where ``proj``
-    is given, divided by the std (a constant direction maps to 0)."""
-    a = a - mean
-    return (a if proj is None else a @ proj) / torch.where(std > 1e-6, std, torch.full_like(std, float("inf")))
-
-
 def projection_check(x: torch.Tensor, rows: TrainingRows, whole: tuple, projected: tuple, num_classes: int,
                      seed: int) -> dict:
     """Logistic regressions (:func:`~lra_diffusion.models.prior.fit_prior`) on all standardised features
@@ -160,9 +154,9 @@ def projection_check(x: torch.Tensor, rows: TrainingRows, whole: tuple, projecte
     x_val = torch.from_numpy(np.asarray(rows.val_features, dtype=np.float32))
     y, y_val = torch.from_numpy(rows.labels), torch.from_numpy(np.asarray(rows.val_labels))
     right = []
-    for transform in (whole, projected):
+    for mean, std, proj in (whole, projected):
         gen = torch.Generator().manual_seed(seed)  # its own: the run's generator draws nothing here
-        f, f_val = standardised(x, *transform), standardised(x_val, *transform)
+        f, f_val = (standardise(a, mean, guarded_std(std), proj) for a in (x, x_val))
         prior = fit_prior(f, y, num_classes, f_val=f_val, y_val=y_val, generator=gen)
         with torch.no_grad():
             right.append(prior.logits(f_val).argmax(1) == y_val)

@@ -7,6 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def guarded_std(std: torch.Tensor) -> torch.Tensor:
+    """A feature's std as the divisor of its standardisation: infinite where the feature is constant on the
+    training data, so it maps to 0 for any (finite) value it takes later (it carries nothing, and its
+    weights never trained; dividing by ~0 blew other values up into inf / NaN)."""
+    return torch.where(std > 1e-6, std, torch.full_like(std, float("inf")))
+
+
+def standardise(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                proj: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, D) -> (B, D) or (B, d): centred, projected onto ``proj`` (D, d) where given, divided by ``std``
+    (a :func:`guarded_std`)."""
+    centred = features - mean
+    return (centred if proj is None else centred @ proj) / std
+
+
 class ConditionalLinear(nn.Module):
     """A linear map gated elementwise by a learned per-timestep embedding: g[t] * (W x + b).
 
@@ -128,10 +143,7 @@ class LabelDenoiser(nn.Module):
             raise ValueError(f"this denoiser projects to {self.input_rank} dimensions, got proj {proj is not None}")
         if proj is not None:
             self.feat_proj.copy_(proj)
-        # a feature constant on the training data carries nothing and its weights never trained: an
-        # infinite std maps it to 0 for any (finite) value it takes at prediction time, where dividing
-        # by ~0 blew other values up into inf / NaN and std 1 fed them into untrained weights
-        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.full_like(std, float("inf"))))
+        self.feat_std.copy_(guarded_std(std))  # (std 1 for a constant feature fed later values into untrained weights)
 
     def set_prior(self, weight: torch.Tensor, bias: torch.Tensor,
                   hidden: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
@@ -162,10 +174,7 @@ class LabelDenoiser(nn.Module):
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D) or (B, d): the fixed input projection and standardisation of the training features."""
-        centred = features - self.feat_mean
-        if self.input_rank:
-            centred = centred @ self.feat_proj
-        return centred / self.feat_std
+        return standardise(features, self.feat_mean, self.feat_std, self.feat_proj if self.input_rank else None)
 
     def prior_mean(self, features: torch.Tensor) -> torch.Tensor | None:
         """CARD's prior mean f_q(x), (B, C) class probabilities; None when built without a prior."""
