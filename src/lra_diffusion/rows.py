@@ -119,10 +119,9 @@ def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
     of the projection check (None where it did not apply).
 
     The projection is a candidate where ``[model] input_rows_per_dim`` asks for one and the (in-memory)
-    features are wider than d = max(input_min_rank, n / input_rows_per_dim) and there are more than d rows; it
-    is kept where a logistic
-    regression on the projected features is *clearly* more accurate on the held-out labels than one on all
-    features (:func:`~lra_diffusion.models.prior.clearly_better`), else the features stay whole.
+    features are wider than d = max(input_min_rank, n / input_rows_per_dim) and there are more than d rows;
+    it is kept where a logistic regression on the projected features is *clearly* more accurate on the
+    held-out labels than one on all features (:func:`projection_check`), else the features stay whole.
     """
     mc, x = config.model, rows.x
     if x is None:  # mapped: two chunked passes, float64 sums
@@ -133,7 +132,7 @@ def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
     if rank >= min(dim, n) or rows.val_features is None:  # narrow enough, or fewer rows than the rank
         return (*whole, None)
     projected = principal_projection(x, rank)
-    record = projection_check(x, rows, whole, projected, num_classes, seed)
+    record = projection_check(rows, whole, projected, num_classes, seed)
     return (*(projected if record["kept"] else whole), record)
 
 
@@ -147,10 +146,11 @@ def principal_projection(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return mean, ((x - mean) @ proj).std(0), proj
 
 
-def projection_check(x: torch.Tensor, rows: TrainingRows, whole: tuple, projected: tuple, num_classes: int,
-                     seed: int) -> dict:
-    """Logistic regressions (:func:`~lra_diffusion.models.prior.fit_prior`) on all standardised features
-    and on the projected ones, scored on the held-out labels: is the projection clearly better?"""
+def projection_check(rows: TrainingRows, whole: tuple, projected: tuple, num_classes: int, seed: int) -> dict:
+    """Logistic regressions (:func:`~lra_diffusion.models.prior.fit_prior`) on the in-memory training rows,
+    standardised whole and projected (each a (mean, std, proj) of :func:`feature_stats`), scored on the
+    held-out labels: is the projection clearly better (:func:`~lra_diffusion.models.prior.clearly_better`)?"""
+    x = rows.x
     x_val = torch.from_numpy(np.asarray(rows.val_features, dtype=np.float32))
     y, y_val = torch.from_numpy(rows.labels), torch.from_numpy(np.asarray(rows.val_labels))
     right = []
