@@ -181,6 +181,9 @@ def test_validation_labels_outside_the_class_set(tmp_path):
         small().fit(X, y, X_val=np.full((2, 8), np.nan), y_val=y[:2])
     with pytest.raises(InputError, match="validation features: X has 3 features, but LRAClassifier is expecting 8"):
         small().fit(X, y, X_val=X[:5, :3], y_val=y[:5])
+    for half in ({"X_val": X[:10]}, {"y_val": y[:10]}):  # one without the other
+        with pytest.raises(InputError, match="give X_val and y_val together"):
+            small().fit(X, y, **half)
     assert not (tmp_path / "run").exists()
 
 

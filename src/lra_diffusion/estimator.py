@@ -182,6 +182,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputError(f"need at least 2 classes to train, got 1 class ({self.classes_[0]!r})")
+        if (X_val is None) != (y_val is None):
+            raise InputError("give X_val and y_val together (validation features and their labels), or neither")
         if X_val is not None:
             X_val = self._check_X(X_val, reset=False, what="validation features")
             y_val = np.asarray(y_val).ravel()

@@ -98,7 +98,8 @@ def training_rows(features: np.ndarray, labels: np.ndarray, num_classes: int, co
     x_rows = FeatureRows(features, train_idx)
     n = len(x_rows)
     if rc.k >= n:
-        raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n}")
+        raise InputError(f"k={rc.k} neighbours need more than {rc.k} training samples, got {n} (after the "
+                         f"held-out slice); give more rows or a smaller k")
     ann = ann_params(n, "ivf" if rc.index == "auto" else rc.index, dim=x_rows.shape[1], store=rc.store,
                      nlist=rc.nlist or None, nprobe=rc.nprobe or None, ef_search=rc.ef_search or None)
     neighbours = distributed.broadcast_from_main(  # computed once, on rank 0
