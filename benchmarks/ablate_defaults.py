@@ -1,7 +1,7 @@
 """Ablation rows for the defaults: LRA-diffusion variants on one row of the defaults suite.
 
     python benchmarks/ablate_defaults.py ROW SEED '{"name": {config changes}, ...}'   # options:
-        [--clean] [--balanced] [--fit-seed S]
+        [--clean] [--balanced] [--mlp] [--fit-seed S]
 
 ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10%
 noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test
@@ -17,6 +17,8 @@ denoiser's own limit against the cross-entropy heads.
 
 ``--balanced``: print the balanced accuracy (the mean of the per-class recalls) after each test accuracy,
 for rows with unequal classes (the ``synth-10-tail`` probe).
+
+``--mlp``: print the 2-layer MLP baseline too (the epoch with the best noisy hold-out accuracy kept).
 
 ``--fit-seed S``: LRA-diffusion's own seed (its draws, initialisation, batches; default SEED) while the row's
 split stays that of SEED, to measure run-to-run variation on fixed data.
@@ -75,7 +77,8 @@ def main() -> None:
     start = time.perf_counter()
     linear = scores(fit_linear(split, split.y_train)[0].predict(split.X_test))
     knn = scores(KNeighborsClassifier(10).fit(split.X_train, split.y_train).predict(split.X_test))
-    mlp = f" mlp {scores(fit_mlp(split, split.y_train, seed=seed)[0](split.X_test))}" if clean else ""
+    mlp = (f" mlp {scores(fit_mlp(split, split.y_train, seed=seed)[0](split.X_test))}"
+           if clean or "--mlp" in sys.argv[4:] else "")
     which = f"{row} s{seed}{f' fit seed {fit_seed}' if fit_seed != seed else ''}{' clean labels' if clean else ''}"
     print(f"{which} N={len(split.y_train)} D={split.X_train.shape[1]} "
           f"linear {linear} ({time.perf_counter() - start:.0f}s) knn {knn}{mlp}", flush=True)

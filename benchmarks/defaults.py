@@ -80,13 +80,15 @@ def digits_row(seed: int) -> Split:
     return holdout_split(d.X_train, d.y_train_noisy, d.y_train_clean, d.X_test, d.y_test, seed)
 
 
-def digits_pairflip_row(rate: float) -> Callable[[int], Split]:
-    """The demo's digits split with ``rate`` pair-flip noise (class c -> c + 1) instead of symmetric."""
+def digits_noise_row(rate: float, noise: str = "pair") -> Callable[[int], Split]:
+    """The demo's digits split with ``rate`` ``noise`` (``"pair"``: class c -> c + 1, or ``"symmetric"``;
+    ``rate`` 0: the clean labels) instead of the demo's 40% symmetric noise."""
     def make(seed: int) -> Split:
         from lra_diffusion.demo import demo_data
 
         d = demo_data(seed)
-        noisy, _ = pairflip_noise(d.y_train_clean, rate=rate, rng=np.random.default_rng(seed), num_classes=10)
+        flip = {"symmetric": symmetric_noise, "pair": pairflip_noise}[noise]
+        noisy, _ = flip(d.y_train_clean, rate=rate, rng=np.random.default_rng(seed), num_classes=10)
         return holdout_split(d.X_train, noisy, d.y_train_clean, d.X_test, d.y_test, seed)
 
     return make
@@ -306,11 +308,11 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "wine-sym-0.3": small_sklearn_row("wine", 0.3),
     "cancer-sym-0.3": small_sklearn_row("breast_cancer", 0.3),
     # class-dependent noise, which a neighbour vote cannot average away where a whole class is flipped one way
-    "digits-pair-0.4": digits_pairflip_row(0.4),
+    "digits-pair-0.4": digits_noise_row(0.4),
     # at the class cap of the prior's drop (100 classes, k_check.PRIOR_DROP_MAX_CLASSES)
     "synth-100-pair-0.4": synthetic_row(100, 20_000, 0.4, 64, 48, 1, 2.0, noise="pair"),
     "synth-200-pair-0.4": synthetic_row(200, 40_000, 0.4, 64, 48, 1, 2.0, noise="pair"),  # synth-200's data
-    "digits-pair-0.2": digits_pairflip_row(0.2),
+    "digits-pair-0.2": digits_noise_row(0.2),
     "b77-pair-0.4": text_row("b77-pair-0.4"),
     "b77-pair-0.2": text_row("b77-pair-0.2"),
     # very high symmetric noise on real sentence-encoder features (the issue's 150-class report was at 50%)
@@ -326,6 +328,15 @@ PROBES: dict[str, Callable[[int], Split]] = {
     "c10-wide-1k-worse": cifar_wide_row(1_000, "worse"),
     "ag-news-1k": subsampled_row(text_row("ag-news"), 1_000),  # sentence features (384-d) at 1,000 texts
     "ag-news-500": subsampled_row(text_row("ag-news"), 500),
+    # labels mostly or all right (does the method cost where there is little to clean?), a rare positive
+    # class in a 2-class set, and 20 overlapping classes where a linear model fails
+    "digits-clean": digits_noise_row(0.0, "symmetric"),
+    "digits-sym-0.1": digits_noise_row(0.1, "symmetric"),
+    "b77-clean": text_row("b77-sym-0.0"),
+    "b77-sym-0.05": text_row("b77-sym-0.05"),
+    "synth-10-0.05": synthetic_row(10, 10_000, 0.05, 32, 8, 1, 2.0),
+    "synth-2-imb-0.2": synthetic_row(2, 20_000, 0.2, 32, 8, 4, 1.0, weights=[0.9, 0.1]),
+    "synth-20-hard-0.4": synthetic_row(20, 20_000, 0.4, 32, 16, 2, 0.7),
 }
 
 
