@@ -127,7 +127,7 @@ def fit(
     val_labels: Annotated[Optional[Path], typer.Option(help="Validation labels .npy (e.g. clean).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: auto).")] = None,
-    k: Annotated[Optional[str], typer.Option(help="Neighbours for label retrieval, or 'auto': fit with the config's k and with 0, keep the better on the validation data.")] = None,
+    k: Annotated[Optional[str], typer.Option(help="Neighbours for label retrieval, used as given (without it: the config's k, 10, checked against k = 0 as README 'How the defaults are chosen' says), or 'auto': fit with the config's k and with 0, keep the better on the validation data.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
     checkpoint_every: Annotated[Optional[int], typer.Option(
