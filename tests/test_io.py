@@ -165,3 +165,13 @@ def test_load_array_truncated(tmp_path):
         path.write_bytes(raw[:cut])
         with pytest.raises(InputError, match=r"features file .*x.npy (is not a valid|cannot be read as) .npy"):
             load_array(path, what="features")
+
+
+def test_write_json_is_strict_json(tmp_path):
+    from lra_diffusion.io import read_json, write_json
+
+    path = tmp_path / "m.json"
+    write_json(path, {"auroc": float("nan"), "nested": [1.5, float("inf"), {"x": -float("inf")}], "n": 3})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert read_json(path) == {"auroc": None, "nested": [1.5, None, {"x": None}], "n": 3}
