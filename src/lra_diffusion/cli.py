@@ -578,6 +578,7 @@ def bench_cifar10(
 
 
 def main() -> None:
+    """The ``lra`` command (``lra --help`` lists its subcommands)."""
     app()
 
 

@@ -172,6 +172,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every setting as ``{section: {key: value}}``, the form ``Config.from_dict`` and the TOML files take."""
         return dataclasses.asdict(self)
 
     def experiment_dict(self) -> dict[str, dict[str, Any]]:

@@ -75,6 +75,7 @@ def _finite(obj: Any) -> Any:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON file ``path``; a missing or malformed file raises :class:`InputError` naming it."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
