@@ -14,11 +14,14 @@ from lra_diffusion.errors import InputError
 from lra_diffusion.io import (
     atomic_write,
     canonical,
+    finite_or_none,
     is_canonical,
     load_array,
     load_tensors,
+    read_json,
     save_tensors,
     sha256_array,
+    write_json,
 )
 
 
@@ -168,8 +171,7 @@ def test_load_array_truncated(tmp_path):
 
 
 def test_write_json_is_strict_json(tmp_path):
-    from lra_diffusion.io import read_json, write_json
-
+    assert finite_or_none(float("nan")) is None and finite_or_none(2.5) == 2.5 and finite_or_none("x") == "x"
     path = tmp_path / "m.json"
     write_json(path, {"auroc": float("nan"), "nested": [1.5, float("inf"), {"x": -float("inf")}], "n": 3})
     text = path.read_text()

@@ -60,17 +60,17 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Any], None]) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON (atomically): NaN and infinities, which ``json`` would write as the
     non-standard ``NaN`` / ``Infinity`` (e.g. an AUROC on labels without an error), become ``null``."""
-    atomic_write(path, (json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+    atomic_write(path, (json.dumps(finite_or_none(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
 
 
-def _finite(obj: Any) -> Any:
+def finite_or_none(obj: Any) -> Any:
     """``obj`` with every non-finite float, in nested dicts, lists and tuples too, replaced by None."""
     if isinstance(obj, float):
         return obj if np.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 

@@ -49,7 +49,7 @@ from PIL import Image
 from .config import Config
 from .errors import InputError
 from .estimator import LRAClassifier
-from .io import atomic_write, load_tensors, read_json, save_tensors, sha256_array, write_json
+from .io import atomic_write, finite_or_none, load_tensors, read_json, save_tensors, sha256_array, write_json
 from .issues import CSV_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_SCORE, LabelIssues
 from .sources import ImageSet, open_image_set
 
@@ -500,7 +500,7 @@ def write_run_report(out: Path, job: RunJob, est: LRAClassifier, issues: LabelIs
     # flat keys, so the report's run summary lists them one per row
     ours = {"test_accuracy": test_acc, "n_test": len(job.test_set) if job.test_set is not None else None,
             "label_issue_score": issues.score, "label_issues_flagged": int(issues.is_label_issue.sum()),
-            **{f"label_issue_{k}": _finite(v) for k, v in (issue_metrics or {}).items()
+            **{f"label_issue_{k}": finite_or_none(v) for k, v in (issue_metrics or {}).items()
                if k in ("precision", "recall", "f1", "auroc")},
             "label_issues_sha256": scoring.key,  # what issues.csv was scored with (hidden in the report)
             "reused_fit": reused, **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
@@ -513,11 +513,6 @@ def write_run_report(out: Path, job: RunJob, est: LRAClassifier, issues: LabelIs
 
 def _str(value) -> str | None:
     return None if value is None else str(value)
-
-
-def _finite(value):
-    """NaN (e.g. AUROC without any wrong label) as None, so metrics.json stays strict JSON."""
-    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def as_config(config: Config | dict | str | Path | None) -> Config:
