@@ -115,9 +115,9 @@ def training_rows(features: np.ndarray, labels: np.ndarray, num_classes: int, co
 
 def feature_stats(rows: TrainingRows, config: Config, *, num_classes: int,
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
-    """The denoiser's fixed input transform from the training rows: their mean (D,), the projection onto
-    their top d principal components (D, d) or None, and the std of the (projected) features; and a record
-    of the projection check (None where it did not apply).
+    """The denoiser's fixed input transform from the training rows, ``(mean, std, proj, record)``: their
+    mean (D,), the std of the (projected) features ((D,) or (d,)), the projection onto their top d principal
+    components (D, d) or None, and the record of the projection check (None where it did not apply).
 
     The projection is a candidate where ``[model] input_rows_per_dim`` asks for one and the (in-memory)
     features are wider than d = max(input_min_rank, n / input_rows_per_dim) and there are more than d rows;
