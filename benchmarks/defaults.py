@@ -429,9 +429,10 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", nargs="+", choices=[*ROWS, *PROBES], default=None,
-                    help="suite rows (default: all) or PROBES (write those elsewhere: --out results/probes)")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--rows", nargs="+", choices=[*ROWS, *PROBES], default=None, metavar="ROW",
+                    help=f"suite rows (default: all): {', '.join(ROWS)}; or probes (write those elsewhere: "
+                         f"--out results/probes): {', '.join(PROBES)}")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="the suite's table: 0 1 2 (default: 0)")
     ap.add_argument("--quick", action="store_true", help=f"rows {', '.join(QUICK)} at seed 0")
     ap.add_argument("--no-issues", action="store_true", help="skip the label-issue scores")
     ap.add_argument("--out", type=Path, default=SUITE_OUT)

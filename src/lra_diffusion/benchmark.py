@@ -195,6 +195,7 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False, retur
 
 
 def environment() -> dict:
+    """The versions and machine a benchmark result was measured with (stored beside every result)."""
     import sklearn
 
     return {"lra_diffusion": __version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -203,11 +204,13 @@ def environment() -> dict:
 
 
 def write_result(path: Path, payload: dict) -> None:
+    """Write one benchmark result to ``path`` as strict JSON, with :func:`environment` and today's date."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {**payload, "environment": environment(), "date": time.strftime("%Y-%m-%d")})
 
 
 def read_results(folder: Path) -> list[dict]:
+    """Every result (``*.json``) in ``folder``, in file-name order."""
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
@@ -518,6 +521,7 @@ def cifar10_ablations(setting: str, features, shared_root: Path, *, seed: int, c
 
 
 def ablation_table(rows: list[dict]) -> str:
+    """The markdown table of ablation ``rows`` (test accuracy, one column a setting, the main row first)."""
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     order = [*ABLATION_INFERENCE, *(name for name, _ in ABLATION_TRAINING.values())]  # main row first
     variants = sorted(dict.fromkeys(r["variant"] for r in rows), key=lambda v: order.index(v) if v in order else -1)

@@ -210,6 +210,8 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
+        """A validated config from a TOML file with sections ``[diffusion]``, ``[model]``, ``[retrieval]``,
+        ``[train]`` (:meth:`from_dict`); a missing or malformed file raises :class:`InputError`."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())

@@ -125,6 +125,7 @@ def mean_over_ranks(value: float, ctx: Context) -> float:
 
 
 def barrier(ctx: Context) -> None:
+    """Wait for every rank (nothing in a single-process job)."""
     if ctx.active:
         dist.barrier()
 
@@ -138,6 +139,7 @@ def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn
 
 
 def shutdown() -> None:
+    """Close the process group, if one was started (safe to call in any job)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -807,6 +807,7 @@ def finished_issues(out: Path, key: str, y: np.ndarray) -> LabelIssues | None:
 
 
 def sha256_json(obj: Any) -> str:
+    """The SHA-256 of ``obj`` as canonical JSON (sorted keys): a fingerprint of settings."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 

@@ -102,6 +102,7 @@ def _matrix_axes(ax, m: np.ndarray, names: list[str], title: str, xlabel: str, y
 
 
 def confusion_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], *, truth_name: str) -> Figure:
+    """The confusion matrix (counts) of ``pred`` against ``truth`` (rows: the ``truth_name`` labels)."""
     c = len(names)
     m = np.zeros((c, c), dtype=np.int64)
     np.add.at(m, (truth, pred), 1)
@@ -114,6 +115,7 @@ def confusion_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], *, t
 
 
 def transition_figure(est: np.ndarray, true: np.ndarray | None, names: list[str]) -> Figure:
+    """The estimated noise transition matrix P(given | true) beside the true one (when known)."""
     c = len(names)
     n = 2 if true is not None else 1
     fig, axes = plt.subplots(1, n, figsize=(n * (1.2 + 0.5 * c), 1.0 + 0.5 * c), squeeze=False)
@@ -129,6 +131,7 @@ def transition_figure(est: np.ndarray, true: np.ndarray | None, names: list[str]
 
 
 def curves_figure(history: list[dict]) -> Figure | None:
+    """The training curves of ``history`` (loss, held-out accuracy); None without any."""
     epochs = [h["epoch"] for h in history if "loss" in h]
     if not epochs:
         return None
@@ -152,6 +155,7 @@ def curves_figure(history: list[dict]) -> Figure | None:
 
 
 def score_histogram(scores: np.ndarray, flags: np.ndarray, is_error: np.ndarray | None) -> Figure:
+    """Histogram of the label-issue scores, flagged rows (and true errors, when known) apart."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.linspace(0, 1, 26)
     if is_error is not None:
@@ -173,6 +177,7 @@ def score_histogram(scores: np.ndarray, flags: np.ndarray, is_error: np.ndarray 
 
 
 def image_grid(images: np.ndarray, rows: np.ndarray, given: list[str], pred: list[str], scores: np.ndarray) -> Figure:
+    """The images of ``rows`` with their given and predicted labels and scores."""
     n = len(rows)
     cols = min(8, n)
     nrows = -(-n // cols)

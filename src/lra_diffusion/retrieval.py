@@ -41,6 +41,7 @@ AUTO_FLAT_MAX_BYTES = 4 * 2**30
 
 
 def faiss_available() -> bool:
+    """Is faiss installed (``backend = "auto"`` uses it when so)?"""
     return importlib.util.find_spec("faiss") is not None
 
 

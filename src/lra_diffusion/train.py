@@ -98,6 +98,7 @@ def auto_epochs(tc, steps_per_epoch: int, *, n: int, num_classes: int) -> int:
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for the parameters (one fused pass); buffers copied."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)  # one fused pass
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
