@@ -155,7 +155,7 @@ def curves_figure(history: list[dict]) -> Figure | None:
 
 
 def score_histogram(scores: np.ndarray, flags: np.ndarray, is_error: np.ndarray | None) -> Figure:
-    """Histogram of the label-issue scores, flagged rows (and true errors, when known) apart."""
+    """Histogram of the label-quality scores (right and wrong labels apart where known), with the flag cut."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.linspace(0, 1, 26)
     if is_error is not None:
