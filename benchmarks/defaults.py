@@ -56,7 +56,7 @@ from lra_diffusion.benchmark import (
     run_baselines,
     write_result,
 )
-from lra_diffusion.data import asymmetric_noise, pairflip_noise, symmetric_noise
+from lra_diffusion.data import make_noisy_labels
 from lra_diffusion.estimator import LRAClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +88,8 @@ def digits_noise_row(rate: float, noise: str = "pair") -> Callable[[int], Split]
         from lra_diffusion.demo import demo_data
 
         d = demo_data(seed)
-        flip = {"symmetric": symmetric_noise, "pair": pairflip_noise}[noise]
-        noisy, _ = flip(d.y_train_clean, rate=rate, rng=np.random.default_rng(seed), num_classes=10)
+        noisy, _ = make_noisy_labels(d.y_train_clean, model=noise, rate=rate, rng=np.random.default_rng(seed),
+                                     num_classes=10)
         return holdout_split(d.X_train, noisy, d.y_train_clean, d.X_test, d.y_test, seed)
 
     return make
@@ -108,8 +108,8 @@ def synthetic_row(classes: int, n_train: int, rate: float, features: int, inform
                                    n_redundant=0, n_classes=classes, n_clusters_per_class=clusters,
                                    class_sep=sep, flip_y=0.0, weights=weights, random_state=seed)
         X = X.astype(np.float32)
-        flip = {"symmetric": symmetric_noise, "pair": pairflip_noise}[noise]
-        noisy, _ = flip(y[:n_train], rate=rate, rng=np.random.default_rng(seed), num_classes=classes)
+        noisy, _ = make_noisy_labels(y[:n_train], model=noise, rate=rate, rng=np.random.default_rng(seed),
+                                     num_classes=classes)
         return holdout_split(X[:n_train], noisy, y[:n_train], X[n_train:], y[n_train:], seed)
 
     return make
@@ -127,7 +127,8 @@ def small_sklearn_row(name: str, rate: float) -> Callable[[int], Split]:
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, stratify=y, random_state=seed)
         scaler = StandardScaler().fit(X_tr)
         X_tr, X_te = (scaler.transform(a).astype(np.float32) for a in (X_tr, X_te))
-        noisy, _ = symmetric_noise(y_tr, rate=rate, rng=np.random.default_rng(seed), num_classes=int(y.max()) + 1)
+        noisy, _ = make_noisy_labels(y_tr, model="symmetric", rate=rate, rng=np.random.default_rng(seed),
+                                     num_classes=int(y.max()) + 1)
         return holdout_split(X_tr, noisy, y_tr, X_te, y_te, seed)
 
     return make
@@ -229,8 +230,8 @@ def cifar_row(encoder: str, setting: str) -> Callable[[int], Split]:
         clean = full.y_train_clean
         kind, _, rate = setting.partition("-")
         if kind in ("asym", "sym"):  # asym: truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
-            flip = asymmetric_noise if kind == "asym" else symmetric_noise
-            noisy, _ = flip(clean, rate=float(rate), rng=np.random.default_rng(seed), num_classes=10)
+            noisy, _ = make_noisy_labels(clean, model=kind, rate=float(rate), rng=np.random.default_rng(seed),
+                                         num_classes=10)
             return holdout_split(train, noisy, clean, test, full.y_test, seed)
         if setting == "pmd-0.35":
             from lra_diffusion.data import load_pmd_labels
