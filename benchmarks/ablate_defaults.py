@@ -6,7 +6,7 @@
 ROW is a row of ``benchmarks/defaults.py`` or one of its ``PROBES`` (same features, noisy labels, 10%
 noisy hold-out and clean test set). Prints the logistic regression (L2 on the hold-out) and 10-NN test
 accuracies, then per variant the test accuracy, the best hold-out accuracy, the epochs, the selected epoch,
-the seconds, the kept k, the prior's kind and targets and (with ``selection = "prefer_last"``) the selection record.
+the seconds, the kept k, the prior's kind and targets and (with ``selection = "prefer_last"`` or ``"average"``) the selection record.
 A variant is a nested dict of config sections (``{}`` = the package defaults), e.g.
 ``'{"paper": {"diffusion": {"prior": "zero", "prediction": "eps"}, "train": {"auto_epochs": 0}}}'``.
 

@@ -16,8 +16,8 @@ from lra_diffusion.features import FeatureRows
 from lra_diffusion.io import load_tensors
 from lra_diffusion.models import LabelDenoiser
 from lra_diffusion.retrieval import NeighbourLabelSampler
-from lra_diffusion.train import (Checkpointer, auto_epochs, ema_update, heldout_target_score, lr_factor, prefer_last,
-                                 run_length, train)
+from lra_diffusion.train import (Candidate, Checkpointer, auto_epochs, average_candidates, ema_update,
+                                 heldout_target_score, lr_factor, prefer_last, run_length, train)
 
 from conftest import TINY, make_blobs
 
@@ -217,6 +217,78 @@ def test_prefer_last_returns_the_weights_it_names():
     assert pref.best_epoch == kept.best_epoch
     for k, v in pref.model.state_dict().items():
         assert torch.equal(v, kept.model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize(("average_only", "best_only", "kept"), [(10, 2, "average"), (4, 6, "average"), (2, 20, "best")])
+def test_average_candidates_averages_those_within_one_standard_error(average_only, best_only, kept):
+    last = LabelDenoiser(3, 4, feature_dim=8, timesteps=10)
+    base = {k: v.clone() for k, v in last.state_dict().items()}
+
+    def weights(bias: float) -> dict[str, torch.Tensor]:
+        return {**base, "lin4.bias": torch.full((3,), bias)}
+
+    # 100 held-out rows: at the best accuracy 0.7 one standard error is sqrt(0.7 * 0.3 / 100) = 0.046
+    candidates = [Candidate(0, 0.70, weights(9.0)),  # the untrained start: never averaged
+                  Candidate(3, 0.62, weights(5.0)),  # more than one standard error below the best
+                  Candidate(6, 0.66, weights(1.0)), Candidate(9, 0.70, weights(2.0)), Candidate(12, 0.68, weights(6.0))]
+    best_weights = candidates[3].weights
+    pattern = {"best": np.r_[np.ones(60 + best_only), np.zeros(average_only + 40 - best_only)].astype(bool),
+               "average": np.r_[np.ones(60), np.zeros(best_only), np.ones(average_only),
+                                np.zeros(40 - best_only)].astype(bool)}
+    assert len(pattern["best"]) == len(pattern["average"]) == 100 + average_only
+
+    def right(m):
+        return pattern["best" if m.lin4.bias[0] == 2.0 else "average"]
+
+    state = {"best_epoch": 9, "best_acc": 0.70}
+    record, averaged = average_candidates(last, candidates, best_weights, right, state)
+    assert record == {"best_epoch": 9, "averaged_epochs": [6, 9, 12], "best_only": best_only,
+                      "average_only": average_only, "kept": kept}
+    if kept == "best":
+        assert averaged is None and state == {"best_epoch": 9, "best_acc": 0.70}
+    else:  # the mean of epochs 6, 9 and 12, named by the last of them
+        assert torch.allclose(averaged["lin4.bias"], torch.full((3,), 3.0))
+        assert torch.allclose(averaged["lin1.lin.weight"], base["lin1.lin.weight"])
+        assert state == {"best_epoch": 12, "best_acc": pytest.approx(pattern["average"].mean())}
+
+
+def test_average_candidates_keeps_the_best_where_one_candidate_is_close():
+    last = LabelDenoiser(3, 4, feature_dim=8, timesteps=10)
+    w = {k: v.clone() for k, v in last.state_dict().items()}
+    state = {"best_epoch": 5, "best_acc": 0.9}
+    record, averaged = average_candidates(last, [Candidate(0, 0.9, w), Candidate(5, 0.9, w), Candidate(9, 0.5, w)],
+                                          w, lambda m: np.ones(1000, bool), state)
+    assert averaged is None and record == {"best_epoch": 5, "averaged_epochs": [5], "kept": "best"}
+
+
+def test_selection_average_returns_the_weights_it_names_and_resumes_exactly(tmp_path):
+    X, y = make_blobs(300, seed=3)
+    y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)
+    config = Config.from_dict(TINY).replace(train={"epochs": 8, "evals": 8, "selection": "average"},
+                                            diffusion={"prior_drop_concentration": 1.0})
+    full = train(X, y, num_classes=3, config=config, seed=1, progress=False, checkpoint_dir=tmp_path / "full")
+    record = full.selection
+    assert record["kept"] == "average" and len(record["averaged_epochs"]) >= 2
+    assert full.best_epoch == record["averaged_epochs"][-1]
+    # the kept weights are the mean of the named candidates, as written beside the checkpoints
+    cands = [load_tensors(tmp_path / "full" / f"cand-{e:06d}.safetensors")[0] for e in record["averaged_epochs"]]
+    kept = full.model.state_dict()
+    for k, v in kept.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, sum(c[k] for c in cands) / len(cands), atol=1e-6), k
+    # a run killed after its fourth epoch (270 training rows, batch 32: 8 steps an epoch) resumes to the
+    # same weights, its earlier candidates read back from their files
+    cut = tmp_path / "cut"
+    train(X, y, num_classes=3, config=config.replace(train={"keep_checkpoints": 100}), seed=1, progress=False,
+          checkpoint_dir=cut)
+    for path in [*Checkpointer(cut).paths(), *cut.glob("cand-*.safetensors")]:
+        if (step_of(path) > 4 * 8) if path.stem.startswith("ckpt") else (step_of(path) > 4):
+            path.unlink()
+    resumed = train(X, y, num_classes=3, config=config.replace(train={"keep_checkpoints": 100}), seed=1,
+                    progress=False, checkpoint_dir=cut, resume=True)
+    assert resumed.resumed_from == 4 * 8 and resumed.selection == record
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, kept[k]), k
 
 
 def test_k_too_large_raises_and_writes_nothing(tmp_path):

@@ -139,8 +139,10 @@ class TrainConfig:
     # which candidate is kept: "best" = the highest held-out accuracy (ties: the later); "prefer_last" = the
     # last epoch's weights unless the best candidate is clearly more accurate on the held-out labels
     # (McNemar's sign test, z = 2, on the rows only one of the two gets right): a small noisy hold-out
-    # cannot tell many candidates apart, and its argmax favours a model that reproduces learnable noise
-    selection: Literal["best", "prefer_last"] = "best"
+    # cannot tell many candidates apart, and its argmax favours a model that reproduces learnable noise;
+    # "average" = the mean of the weights of the trained candidates within one standard error of the best
+    # held-out accuracy, unless the best candidate is clearly more accurate (train.average_candidates)
+    selection: Literal["best", "prefer_last", "average"] = "best"
     # what the candidates are scored against: the held-out "labels", or "retrieval" = each held-out row's
     # neighbour-label targets (its label and its k nearest training rows' labels, agreement-weighted as the
     # training draws; an ablation option). The estimator's k = 0 / k comparison stays on the labels.
@@ -278,7 +280,8 @@ class Config:
             (t.evals >= 1, "train.evals must be >= 1"),
             (0 <= t.select_after < 1, "train.select_after must be in [0, 1)"),
             (t.select_targets in ("labels", "retrieval"), "train.select_targets must be 'labels' or 'retrieval'"),
-            (t.selection in ("best", "prefer_last"), "train.selection must be 'best' or 'prefer_last'"),
+            (t.selection in ("best", "prefer_last", "average"),
+             "train.selection must be 'best', 'prefer_last' or 'average'"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
             (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             # the spelling only: a config naming a GPU must still load on a machine without one

@@ -66,7 +66,8 @@ class TrainResult:
     projection: dict | None = None
     resumed_from: int | None = None  # the step of the checkpoint this run continued from, if any
     # selection "prefer_last": the best candidate's epoch, the rows only it / only the last epoch gets right,
-    # and which was kept (None: selection "best", or the best was the last epoch)
+    # and which was kept; "average": the averaged candidates' epochs, the rows only the best candidate /
+    # only the average gets right, and which was kept (None: selection "best", or nothing to choose)
     selection: dict | None = None
 
 
@@ -221,7 +222,7 @@ def train(
     fingerprint = {**rows.digests, "seed": seed, "num_classes": num_classes, "world": ctx.world,
                    "config": config.experiment_dict()}  # [runtime] may change on resume
     ckpt = Checkpointer(checkpoint_dir, keep=tc.keep_checkpoints) if checkpoint_dir is not None else None
-    if not resume and ckpt is not None and ckpt.paths():
+    if not resume and ckpt is not None and (ckpt.paths() or any(ckpt.folder.glob("cand-*.safetensors"))):
         # a fresh run would mix its checkpoints with the old ones (and prune its own by step number)
         raise InputError(f"{checkpoint_dir} already holds checkpoints of an earlier run; resume it or write elsewhere")
     if resume and ckpt is not None:
@@ -231,7 +232,10 @@ def train(
     resumed_from = state["step"] if state["step"] > 0 else None
 
     eval_model = ema if tc.use_ema else model
-    selection = Selection(val_features, val_labels, dc, state, best_weights, target_score=target_score, amp=rt.amp)
+    selection = Selection(val_features, val_labels, dc, state, best_weights, target_score=target_score, amp=rt.amp,
+                          keep_all=tc.selection == "average")
+    if ckpt is not None and state["step"] > 0:
+        selection.candidates = ckpt.load_candidates(state)
     if tc.select_start and model.residual and val_features is not None and state["step"] == 0 and ctx.is_main:
         # the untrained residual denoiser predicts its prior f_q exactly: a candidate as well, so a run whose
         # training never beats its prior on the held-out labels keeps the prior (best_epoch 0, and the
@@ -275,6 +279,7 @@ def train(
             state["history"].append(record)
         if ckpt is not None and ctx.is_main and (epoch_end or (tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0)):
             state["seconds"] = time.perf_counter() - started
+            ckpt.save_candidates(selection.candidates)  # first: the checkpoint's state names them
             ckpt.save(state["step"], model, ema, optimizer, gen, perm, selection.best_weights, state, fingerprint)
     bar.close()
 
@@ -318,12 +323,17 @@ class Selection:
     ``target_score`` (``select_targets = "retrieval"``) candidates are ranked by that score instead.
 
     ``state`` is the training loop's state, which checkpoints keep: the best candidate's epoch and
-    accuracy (and score) live there, its weights in :attr:`best_weights` (restored with the state)."""
+    accuracy (and score) live there, its weights in :attr:`best_weights` (restored with the state).
+    With ``keep_all`` (``selection = "average"``) every candidate's epoch, held-out accuracy and weights
+    are kept in :attr:`candidates` as well."""
 
     def __init__(self, val_features, val_labels: np.ndarray | None, dc, state: dict,
-                 best_weights: dict[str, torch.Tensor] | None = None, *, target_score=None, amp: bool = False):
+                 best_weights: dict[str, torch.Tensor] | None = None, *, target_score=None, amp: bool = False,
+                 keep_all: bool = False):
         self.val_features, self.val_labels, self.dc, self.amp = val_features, val_labels, dc, amp
         self.state, self.best_weights, self.target_score = state, best_weights, target_score
+        self.keep_all = keep_all
+        self.candidates: list[Candidate] = []
 
     def predicted(self, m: LabelDenoiser) -> np.ndarray:
         """The model ``m``'s labels of the validation rows, (n_val,)."""
@@ -342,6 +352,9 @@ class Selection:
         score = acc if self.target_score is None else float(self.target_score(pred).mean())
         if self.target_score is not None:
             record["val_target_score"] = score
+        if self.keep_all:
+            self.candidates.append(Candidate(epoch, acc, {k: v.clone() for k, v in m.state_dict().items()}))
+            self.state.setdefault("candidates", []).append([epoch, acc])
         best = self.state.get("best_score", self.state["best_acc"])
         if best is None or score >= best:
             self.state["best_acc"], self.state["best_epoch"] = acc, epoch
@@ -358,9 +371,58 @@ class Selection:
             record = prefer_last(last, self.best_weights, self.right, self.state, epochs)
             if record["kept"] == "last":
                 self.best_weights = None
+        if rule == "average" and self.best_weights is not None:
+            record, averaged = average_candidates(last, self.candidates, self.best_weights, self.right, self.state)
+            if averaged is not None:
+                self.best_weights = averaged
         if self.best_weights is not None:
             last.load_state_dict(self.best_weights)
         return record
+
+
+class Candidate(NamedTuple):
+    """A model-selection candidate of ``selection = "average"``: its epoch, held-out accuracy and weights."""
+
+    epoch: int
+    accuracy: float
+    weights: dict[str, torch.Tensor]
+
+
+AVERAGE_WITHIN_SE = 1.0  # selection "average": candidates within this many standard errors of the best
+
+
+def average_candidates(last: LabelDenoiser, candidates: list[Candidate], best_weights: dict[str, torch.Tensor],
+                       right, state: dict) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """``selection = "average"``: the uniform average of the weights of every trained candidate (epoch >= 1)
+    whose held-out accuracy is within :data:`AVERAGE_WITHIN_SE` standard errors of the best candidate's
+    (sqrt(a (1 - a) / n_val) at the best accuracy a), kept unless the best candidate is clearly more
+    accurate on the held-out labels (:func:`~lra_diffusion.models.clearly_better`, z = 2, on the rows only
+    one of the two gets right). A few hundred noisy held-out rows cannot tell the epochs of a long plateau
+    apart, so the argmax is a draw among them; their average is one model, as cheap to run, that keeps
+    what they share (as stochastic weight averaging, here over the EMA weights the run evaluated).
+    ``right(model)`` says which held-out rows a model gets right. Returns the record of the choice and
+    the averaged weights (None: the best candidate stays; fewer than two candidates to average, or the
+    best is clearly better), and updates ``state``'s best epoch (the last averaged one) and accuracy."""
+    best, average = copy.deepcopy(last), copy.deepcopy(last)
+    best.load_state_dict(best_weights)
+    right_best = right(best)
+    best_acc = max(c.accuracy for c in candidates)
+    within = best_acc - AVERAGE_WITHIN_SE * math.sqrt(best_acc * (1 - best_acc) / len(right_best))
+    members = [c for c in candidates if c.epoch >= 1 and c.accuracy >= within]
+    record = {"best_epoch": state["best_epoch"], "averaged_epochs": [c.epoch for c in members]}
+    if len(members) < 2:
+        return {**record, "kept": "best"}, None
+    averaged = {k: sum(c.weights[k] for c in members) / len(members) if v.is_floating_point() else v
+                for k, v in members[-1].weights.items()}
+    average.load_state_dict(averaged)
+    right_average = right(average)
+    best_only, average_only = int((right_best & ~right_average).sum()), int((right_average & ~right_best).sum())
+    record |= {"best_only": best_only, "average_only": average_only,
+               "kept": "best" if clearly_better(best_only, average_only) else "average"}
+    if record["kept"] == "best":
+        return record, None
+    state["best_epoch"], state["best_acc"] = members[-1].epoch, float(right_average.mean())
+    return record, averaged
 
 
 def prefer_last(last: LabelDenoiser, best_weights: dict[str, torch.Tensor], right, state: dict, epochs: int) -> dict:
@@ -444,6 +506,20 @@ class Checkpointer:
         save_tensors(self.folder / f"ckpt-{step:09d}.safetensors", tensors, meta)
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
+
+    def save_candidates(self, candidates: list[Candidate]) -> None:
+        """Write each model-selection candidate of ``selection = "average"`` once, as
+        ``cand-<epoch>.safetensors`` beside the checkpoints (not inside each: twenty copies of the model)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for c in candidates:
+            path = self.folder / f"cand-{c.epoch:06d}.safetensors"
+            if not path.exists():
+                save_tensors(path, {k: v.cpu() for k, v in c.weights.items()}, {"accuracy": c.accuracy})
+
+    def load_candidates(self, state: dict) -> list[Candidate]:
+        """The candidates a resumed run had considered (their epochs and accuracies in ``state``)."""
+        return [Candidate(epoch, acc, load_tensors(self.folder / f"cand-{epoch:06d}.safetensors")[0])
+                for epoch, acc in state.get("candidates", [])]
 
     def load_latest(self) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The newest checkpoint that loads; broken ones are skipped with a warning. None if none."""
