@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -128,6 +131,32 @@ def test_dataset_input_matches_array_and_fingerprints_content(tmp_path, images):
 
 
 @pytest.mark.floats
+def test_two_processes_asking_for_the_same_features_compute_them_once(tmp_path, images, capfd):
+    """Two jobs embedding the same images into one cache at once (here two threads, each with its own
+    file lock handle, as two processes): the second waits for the first and reads its features; without
+    the lock both wrote the one partial file and the second's move into place failed."""
+    started = threading.Event()
+
+    class Slow(CountingEncoder):
+        def _encode_batch(self, batch):
+            started.set()
+            time.sleep(0.05)
+            return super()._encode_batch(batch)
+
+    encoders = [Slow(), Slow()]
+
+    def run(i):
+        if i:
+            started.wait(10)  # the second asks while the first is computing
+        return embed(encoders[i], images, cache_dir=tmp_path, split="train", chunk_size=7)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(run, [0, 1])
+    assert [e.encoded for e in encoders] == [23, 0]
+    np.testing.assert_array_equal(first, second)
+    assert "waiting for another process writing the same cache entry" in capfd.readouterr().err
+
+
 def test_fit_cached_fits_once(tmp_path, images):
     first = fit_cached(get_encoder("pixels", pca_dim=3), images, cache_dir=tmp_path)
     calls = []

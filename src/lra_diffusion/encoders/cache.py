@@ -6,12 +6,18 @@ Layout under ``cache_dir``::
     <encoder name>/<dataset>-<split>-<key>/features.npy    (N, D) float32 or float16, when complete
     <encoder name>/<dataset>-<split>-<key>/features.partial.npy   while being written
     <encoder name>/fitted-<key>/                           a fitted encoder (encoder.save)
+    <encoder name>/<...>-<key>/.lock                       held while one process writes the entry
 
 The key hashes the dataset fingerprint (image content, or paths + sizes + mtimes for files on disk),
 the encoder's fingerprint (name, config and weights / learned state), the split, the transform and
 the storage dtype. A run writes ``chunk_size`` rows at a time into a memory-mapped ``.npy`` file and
 records the rows done in the manifest (written atomically) after each chunk, so an interrupted run
 resumes from the last finished chunk; the finished file is moved into place with ``os.replace``.
+
+Two processes asking for the same key at once (two jobs on one machine) do not write it twice: the first
+holds a file lock (``.lock`` in the entry's folder, `filelock`) while it computes the features or fits the
+encoder, the second waits, then reads what the first wrote. The ranks of one ``torchrun`` job share the
+work by barriers instead (below).
 
 A cache hit returns the bytes that were written. A resumed run writes what an uninterrupted one would,
 bit for bit, when ``chunk_size`` and the encoder's batch size are unchanged (each chunk starts a new
@@ -24,10 +30,14 @@ import hashlib
 import json
 import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from lra_diffusion import distributed
 from lra_diffusion.encoders.base import (
@@ -161,49 +171,56 @@ def embed(
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     parts = cache_key(encoder, images, split=split, transform=transform, dtype=dtype)
     folder = Path(cache_dir) / encoder.name / f"{_slug(dataset)}-{_slug(split)}-{parts['key']}"
-    final = folder / FEATURES_FILE
-    manifest = _read_manifest(folder)
-    if final.is_file() and manifest.get("complete") and manifest.get("key") == parts["key"]:
-        return np.load(final, mmap_mode="r")
-    # the same key written under another dataset label (the key, not the label, decides)
-    for other in sorted((Path(cache_dir) / encoder.name).glob(f"*-{parts['key']}")):
-        m = _read_manifest(other)
-        if m.get("complete") and m.get("key") == parts["key"] and (other / FEATURES_FILE).is_file():
-            return np.load(other / FEATURES_FILE, mmap_mode="r")
-
+    hit = _complete_entry(folder, parts["key"])
+    if hit is not None:
+        return hit
     ctx = distributed.context()
-    partial = folder / PARTIAL_FILE
-    if ctx.is_main:  # rank 0 creates (or reopens) the partial file; the others open it after the barrier
-        _open_partial(folder, parts, dtype)
-    distributed.barrier(ctx)
-    done = int(_read_manifest(folder)["done"])
-    out = np.load(partial, mmap_mode="r+")
-    n = parts["n"]
-    bar = progress_bar(n, progress and ctx.is_main, f"embed {encoder.name} {split}", initial=done)
-    try:
-        while done < n:
-            # a round of `world` chunks from `done`: chunk r of the round is rank r's (one chunk in one process)
-            lo = min(done + ctx.rank * chunk_size, n)
-            hi = min(lo + chunk_size, n)
-            if lo < hi:
-                out[lo:hi] = encoder.encode_slice(images, lo, hi, batch_size=batch_size,
-                                                  bar=bar if ctx.is_main else None)
-                out.flush()  # rows reach the disk before the manifest says they are done
-            round_end = min(done + ctx.world * chunk_size, n)
-            distributed.barrier(ctx)
-            if ctx.is_main:
-                bar.update(round_end - done - (hi - lo))  # the other ranks' rows
-                _write_manifest(folder, {**parts, "done": round_end, "complete": False})
-            done = round_end
-    finally:
-        bar.close()
-    del out
-    if ctx.is_main:
-        os.replace(partial, final)
-        _write_manifest(folder, {**parts, "done": n, "complete": True, "config": encoder.config(),
-                                 "processes": ctx.world})
-    distributed.barrier(ctx)
-    return np.load(final, mmap_mode="r")
+    with key_lock(folder, active=not ctx.active):
+        hit = _complete_entry(folder, parts["key"])  # written by the process this one waited for
+        if hit is not None:
+            return hit
+        final, partial = folder / FEATURES_FILE, folder / PARTIAL_FILE
+        if ctx.is_main:  # rank 0 creates (or reopens) the partial file; the others open it after the barrier
+            _open_partial(folder, parts, dtype)
+        distributed.barrier(ctx)
+        done = int(_read_manifest(folder)["done"])
+        out = np.load(partial, mmap_mode="r+")
+        n = parts["n"]
+        bar = progress_bar(n, progress and ctx.is_main, f"embed {encoder.name} {split}", initial=done)
+        try:
+            while done < n:
+                # a round of `world` chunks from `done`: chunk r of the round is rank r's (one chunk in one process)
+                lo = min(done + ctx.rank * chunk_size, n)
+                hi = min(lo + chunk_size, n)
+                if lo < hi:
+                    out[lo:hi] = encoder.encode_slice(images, lo, hi, batch_size=batch_size,
+                                                      bar=bar if ctx.is_main else None)
+                    out.flush()  # rows reach the disk before the manifest says they are done
+                round_end = min(done + ctx.world * chunk_size, n)
+                distributed.barrier(ctx)
+                if ctx.is_main:
+                    bar.update(round_end - done - (hi - lo))  # the other ranks' rows
+                    _write_manifest(folder, {**parts, "done": round_end, "complete": False})
+                done = round_end
+        finally:
+            bar.close()
+        del out
+        if ctx.is_main:
+            os.replace(partial, final)
+            _write_manifest(folder, {**parts, "done": n, "complete": True, "config": encoder.config(),
+                                     "processes": ctx.world})
+        distributed.barrier(ctx)
+        return np.load(final, mmap_mode="r")
+
+
+def _complete_entry(folder: Path, key: str) -> np.ndarray | None:
+    """The finished features of ``key`` (memory-mapped, read-only): in ``folder``, or written under another
+    dataset label beside it (the key, not the label, decides); None where there are none."""
+    for candidate in [folder, *sorted(folder.parent.glob(f"*-{key}"))]:
+        m = _read_manifest(candidate)
+        if m.get("complete") and m.get("key") == key and (candidate / FEATURES_FILE).is_file():
+            return np.load(candidate / FEATURES_FILE, mmap_mode="r")
+    return None
 
 
 def _open_partial(folder: Path, parts: dict[str, Any], dtype: str) -> None:
@@ -246,15 +263,46 @@ def fit_cached(
     )
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = Path(cache_dir) / encoder.name / f"fitted-{key}"
-    if (folder / "encoder.json").is_file():
+
+    def saved() -> Encoder | None:
+        if not (folder / "encoder.json").is_file():
+            return None
         loaded = load_encoder(folder)
         loaded.batch_size, loaded.device = encoder.batch_size, encoder.device
         return loaded
-    if progress:
-        print(f"fitting {encoder.name} on {num_images(fit_images)} unlabelled images", flush=True)
-    encoder.fit(fit_images)
-    encoder.save(folder)
+
+    if (hit := saved()) is not None:
+        return hit
+    with key_lock(folder, active=not distributed.context().active):
+        if (hit := saved()) is not None:  # fitted by the process this one waited for
+            return hit
+        if progress:
+            print(f"fitting {encoder.name} on {num_images(fit_images)} unlabelled images", flush=True)
+        encoder.fit(fit_images)
+        encoder.save(folder)
     return encoder
+
+
+@contextmanager
+def key_lock(folder: Path, *, active: bool = True) -> Iterator[None]:
+    """Hold the file lock ``folder/.lock`` (blocking; says on stderr that it waits where another process
+    holds it), so that one process at a time writes the cache entry ``folder`` and a second one then
+    finds it complete. ``active=False`` (the ranks of one torchrun job, which coordinate by barriers)
+    takes no lock."""
+    if not active:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process writing the same cache entry ({folder})", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def export_features(features: np.ndarray, out: str | os.PathLike[str]) -> Path:
