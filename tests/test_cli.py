@@ -4,6 +4,7 @@ resume after SIGKILL or a truncated checkpoint, bit for bit."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,18 @@ def test_fit_says_when_the_prior_is_fitted_to_the_retrieval_targets(inputs, tmp_
     res = lra(*fit_args(inputs, tmp_path / "soft"))
     assert res.exit_code == 0, res.output
     assert "prior f_q: fitted to the retrieval targets" in res.stdout
+
+
+def test_fit_names_the_averaged_epochs(inputs, tmp_path):
+    res = lra(*fit_args(inputs, tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]
+    line = f"model selection: the weights of {len(record['averaged_epochs'])} epochs averaged ("
+    assert (line in res.stdout) == (record["kept"] == "average")
+    (inputs / "tiny.toml").write_text(TOML.replace("[train]", '[train]\nselection = "best"'))
+    res = lra(*fit_args(inputs, tmp_path / "best"))
+    assert res.exit_code == 0 and "model selection:" not in res.stdout
+    assert "selection" not in json.loads((tmp_path / "best" / "metrics.json").read_text())
 
 
 def test_fit_says_when_the_prior_is_dropped(inputs, tmp_path):

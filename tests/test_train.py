@@ -205,7 +205,8 @@ def test_prefer_last_keeps_the_last_epoch_unless_the_best_is_clearly_better(best
 def test_prefer_last_returns_the_weights_it_names():
     X, y = make_blobs(300, seed=3)
     y = np.where(np.random.default_rng(0).random(len(y)) < 0.4, (y + 1) % 3, y)  # noisy: candidates differ
-    base = Config.from_dict(TINY).replace(train={"epochs": 8, "evals": 8}, diffusion={"prior_drop_concentration": 1.0})
+    base = Config.from_dict(TINY).replace(train={"epochs": 8, "evals": 8, "selection": "best"},
+                                          diffusion={"prior_drop_concentration": 1.0})
     best = train(X, y, num_classes=3, config=base, seed=1, progress=False)
     pref = train(X, y, num_classes=3, config=base.replace(train={"selection": "prefer_last"}), seed=1, progress=False)
     # the last epoch's weights alone: one candidate, no untrained start

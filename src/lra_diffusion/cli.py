@@ -178,7 +178,7 @@ def fit(
             shutil.rmtree(created, ignore_errors=True)
         raise
     info = est.fit_info_
-    best = f", best validation accuracy {info['best_val_accuracy']:.4f}" if info["best_val_accuracy"] is not None else ""
+    best = f", validation accuracy of the kept weights {info['best_val_accuracy']:.4f}" if info["best_val_accuracy"] is not None else ""
     resumed = f" (resumed from step {info['resumed_from_step']})" if info["resumed_from_step"] else ""
     if "mlp_val_accuracy" in info.get("prior", {}):
         prior = info["prior"]
@@ -200,6 +200,10 @@ def fit(
         rule = info["k_rule"]
         typer.echo(f"k check: the nearest neighbours' vote predicts {rule['vote_accuracy']:.4f} of the "
                    f"validation labels, the prior {rule['prior_accuracy']:.4f}")
+    if info.get("selection", {}).get("kept") == "average":
+        epochs_avg = info["selection"]["averaged_epochs"]
+        typer.echo(f"model selection: the weights of {len(epochs_avg)} epochs averaged ({', '.join(map(str, epochs_avg))}: "
+                   f"within one standard error of the best validation accuracy, epoch {info['selection']['best_epoch']})")
     if "k_selection" in info:
         accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
         typer.echo(f"k chosen on the validation labels: {accs}; kept k={info['retrieval_k']}")

@@ -136,13 +136,14 @@ class TrainConfig:
     # with the residual y0 denoiser (prior "linear", prediction "y0") the untrained model, which predicts
     # the prior exactly, is a selection candidate too ("epoch 0")
     select_start: bool = True
-    # which candidate is kept: "best" = the highest held-out accuracy (ties: the later); "prefer_last" = the
-    # last epoch's weights unless the best candidate is clearly more accurate on the held-out labels
-    # (McNemar's sign test, z = 2, on the rows only one of the two gets right): a small noisy hold-out
-    # cannot tell many candidates apart, and its argmax favours a model that reproduces learnable noise;
-    # "average" = the mean of the weights of the trained candidates within one standard error of the best
-    # held-out accuracy, unless the best candidate is clearly more accurate (train.average_candidates)
-    selection: Literal["best", "prefer_last", "average"] = "best"
+    # which weights are kept: "average" (default since 2026-12-07) = the mean of the weights of the trained
+    # candidates within one standard error of the best held-out accuracy, unless the best candidate is
+    # clearly more accurate (train.average_candidates): a noisy hold-out of a few hundred or thousand rows
+    # cannot tell the epochs of a plateau apart, and their average is better than any one of them;
+    # "best" = the candidate with the highest held-out accuracy (ties: the later; the default before);
+    # "prefer_last" = the last epoch's weights unless the best candidate is clearly more accurate on the
+    # held-out labels (McNemar's sign test, z = 2, on the rows only one of the two gets right)
+    selection: Literal["best", "prefer_last", "average"] = "average"
     # what the candidates are scored against: the held-out "labels", or "retrieval" = each held-out row's
     # neighbour-label targets (its label and its k nearest training rows' labels, agreement-weighted as the
     # training draws; an ablation option). The estimator's k = 0 / k comparison stays on the labels.

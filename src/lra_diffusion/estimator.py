@@ -87,7 +87,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     fit_info_ : what the fit measured and chose: epochs, steps, seconds, the selected epoch; ``"prior"``,
         ``"k_rule"``, ``"k_selection"`` (above) and, for features wider than the rows support,
         ``"projection"`` (``[model] input_rows_per_dim``: the rank, both logistic regressions' validation
-        accuracies and whether the denoiser sees the projection; README, "How the defaults are chosen").
+        accuracies and whether the denoiser sees the projection; README, "How the defaults are chosen"),
+        and ``"selection"`` (``[train] selection = "average"``, the default: the averaged epochs, the
+        held-out rows only the best candidate / only the average gets right, and which was kept).
     """
 
     def __init__(

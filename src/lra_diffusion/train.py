@@ -397,7 +397,7 @@ def average_candidates(last: LabelDenoiser, candidates: list[Candidate], best_we
     whose held-out accuracy is within :data:`AVERAGE_WITHIN_SE` standard errors of the best candidate's
     (sqrt(a (1 - a) / n_val) at the best accuracy a), kept unless the best candidate is clearly more
     accurate on the held-out labels (:func:`~lra_diffusion.models.clearly_better`, z = 2, on the rows only
-    one of the two gets right). A few hundred noisy held-out rows cannot tell the epochs of a long plateau
+    one of the two gets right). A noisy hold-out of hundreds or thousands of rows cannot tell the epochs of a plateau
     apart, so the argmax is a draw among them; their average is one model, as cheap to run, that keeps
     what they share (as stochastic weight averaging, here over the EMA weights the run evaluated).
     ``right(model)`` says which held-out rows a model gets right. Returns the record of the choice and
