@@ -103,6 +103,20 @@ def test_fit_k_auto_reports_the_choice_and_saves_the_chosen_k(inputs, tmp_path):
     assert "k chosen on the validation labels: k=5: " in res.stdout and f"kept k={kept}" in res.stdout
 
 
+def test_fit_says_when_the_untrained_start_is_kept(inputs, tmp_path, monkeypatch):
+    def start_kept(last, candidates, best_weights, right, state):  # the record of a lone epoch that lost
+        state["best_epoch"], state["best_acc"] = 0, candidates[0].accuracy
+        return {"best_epoch": 3, "averaged_epochs": [3], "best_only": 7, "start_only": 5, "kept": "start"}, \
+            candidates[0].weights
+
+    monkeypatch.setattr("lra_diffusion.train.average_candidates", start_kept)
+    res = lra(*fit_args(inputs, tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    assert ("model selection: the untrained start (the prior) kept; the one trained epoch near the best, epoch 3, "
+            "is not clearly more accurate (validation rows only it gets right: 7, only the start: 5)") in res.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]["kept"] == "start"
+
+
 def test_fit_says_when_the_prior_is_fitted_to_the_retrieval_targets(inputs, tmp_path):
     res = lra(*fit_args(inputs, tmp_path / "run"))
     assert res.exit_code == 0 and "retrieval targets" not in res.stdout  # blobs: the vote is not ahead

@@ -253,13 +253,39 @@ def test_average_candidates_averages_those_within_one_standard_error(average_onl
         assert state == {"best_epoch": 12, "best_acc": pytest.approx(pattern["average"].mean())}
 
 
-def test_average_candidates_keeps_the_best_where_one_candidate_is_close():
+@pytest.mark.parametrize(("best_only", "start_only", "kept"), [(20, 2, "best"), (6, 4, "start"), (0, 0, "start")])
+def test_average_candidates_holds_a_lone_trained_best_to_the_start(best_only, start_only, kept):
+    last = LabelDenoiser(3, 4, feature_dim=8, timesteps=10)
+    base = {k: v.clone() for k, v in last.state_dict().items()}
+    start, lone = {**base, "lin4.bias": torch.full((3,), 1.0)}, {**base, "lin4.bias": torch.full((3,), 2.0)}
+    # 1,000 held-out rows: one standard error at 0.9 is 0.0095, so epoch 9 (0.5) is far and epoch 5 alone
+    right_rows = {2.0: np.r_[np.ones(900), np.zeros(100)].astype(bool)}
+    right_rows[1.0] = right_rows[2.0].copy()
+    right_rows[1.0][:best_only] = False  # rows only the lone epoch gets right ...
+    right_rows[1.0][900:900 + start_only] = True  # ... and rows only the start gets right
+    state = {"best_epoch": 5, "best_acc": 0.9}
+    record, weights = average_candidates(last, [Candidate(0, 0.89, start), Candidate(5, 0.9, lone),
+                                                Candidate(9, 0.5, base)], lone,
+                                         lambda m: right_rows[m.lin4.bias[0].item()], state)
+    assert record == {"best_epoch": 5, "averaged_epochs": [5], "best_only": best_only, "start_only": start_only,
+                      "kept": kept}
+    if kept == "best":
+        assert weights is None and state == {"best_epoch": 5, "best_acc": 0.9}
+    else:
+        assert weights is start and state == {"best_epoch": 0, "best_acc": pytest.approx(right_rows[1.0].mean())}
+
+
+@pytest.mark.parametrize("best_epoch", [0, 5])
+def test_average_candidates_keeps_the_best_where_it_has_nothing_to_face(best_epoch):
+    # the start is the best (a lone trained epoch beside it is not averaged with it), or there is no start
     last = LabelDenoiser(3, 4, feature_dim=8, timesteps=10)
     w = {k: v.clone() for k, v in last.state_dict().items()}
-    state = {"best_epoch": 5, "best_acc": 0.9}
-    record, averaged = average_candidates(last, [Candidate(0, 0.9, w), Candidate(5, 0.9, w), Candidate(9, 0.5, w)],
-                                          w, lambda m: np.ones(1000, bool), state)
-    assert averaged is None and record == {"best_epoch": 5, "averaged_epochs": [5], "kept": "best"}
+    candidates = [Candidate(0, 0.9, w), Candidate(5, 0.9, w), Candidate(9, 0.5, w)]
+    if best_epoch:
+        candidates = candidates[1:]
+    state = {"best_epoch": best_epoch, "best_acc": 0.9}
+    record, averaged = average_candidates(last, candidates, w, lambda m: np.ones(1000, bool), state)
+    assert averaged is None and record == {"best_epoch": best_epoch, "averaged_epochs": [5], "kept": "best"}
 
 
 def test_selection_average_returns_the_weights_it_names_and_resumes_exactly(tmp_path):

@@ -204,6 +204,11 @@ def fit(
         epochs_avg = info["selection"]["averaged_epochs"]
         typer.echo(f"model selection: the weights of {len(epochs_avg)} epochs averaged ({', '.join(map(str, epochs_avg))}: "
                    f"within one standard error of the best validation accuracy, epoch {info['selection']['best_epoch']})")
+    if info.get("selection", {}).get("kept") == "start":
+        sel = info["selection"]
+        typer.echo(f"model selection: the untrained start (the prior) kept; the one trained epoch near the best, "
+                   f"epoch {sel['best_epoch']}, is not clearly more accurate (validation rows only it gets right: "
+                   f"{sel['best_only']}, only the start: {sel['start_only']})")
     if "k_selection" in info:
         accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
         typer.echo(f"k chosen on the validation labels: {accs}; kept k={info['retrieval_k']}")

@@ -89,7 +89,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
         ``"projection"`` (``[model] input_rows_per_dim``: the rank, both logistic regressions' validation
         accuracies and whether the denoiser sees the projection; README, "How the defaults are chosen"),
         and ``"selection"`` (``[train] selection = "average"``, the default: the averaged epochs, the
-        held-out rows only the best candidate / only the average gets right, and which was kept).
+        held-out rows only the best candidate / only the average gets right, and which was kept; where one
+        lone trained epoch is best, the rows only it / only the untrained start gets right, and ``"kept":
+        "start"`` where it is not clearly more accurate).
     """
 
     def __init__(

@@ -400,29 +400,40 @@ def average_candidates(last: LabelDenoiser, candidates: list[Candidate], best_we
     one of the two gets right). A noisy hold-out of hundreds or thousands of rows cannot tell the epochs of a plateau
     apart, so the argmax is a draw among them; their average is one model, as cheap to run, that keeps
     what they share (as stochastic weight averaging, here over the EMA weights the run evaluated).
-    ``right(model)`` says which held-out rows a model gets right. Returns the record of the choice and
-    the averaged weights (None: the best candidate stays; fewer than two candidates to average, or the
-    best is clearly better), and updates ``state``'s best epoch (the last averaged one) and accuracy."""
-    best, average = copy.deepcopy(last), copy.deepcopy(last)
+
+    A trained best with no other trained candidate within reach (one lone epoch) is held to the same test
+    against the untrained start (epoch 0, the prior, where it is a candidate): the start is kept
+    (``"kept": "start"``) unless the lone epoch is clearly more accurate, as a lone win by a few held-out
+    rows is the draw the average is there to avoid (since 2026-12-07; BENCHMARKS "Defaults suite").
+
+    ``right(model)`` says which held-out rows a model gets right. Returns the record of the choice and the
+    weights to keep instead of the best candidate's (the average or the start; None: the best candidate
+    stays), and updates ``state``'s best epoch (the last averaged one, or 0) and accuracy."""
+    best, other = copy.deepcopy(last), copy.deepcopy(last)
     best.load_state_dict(best_weights)
     right_best = right(best)
     best_acc = max(c.accuracy for c in candidates)
     within = best_acc - AVERAGE_WITHIN_SE * math.sqrt(best_acc * (1 - best_acc) / len(right_best))
     members = [c for c in candidates if c.epoch >= 1 and c.accuracy >= within]
     record = {"best_epoch": state["best_epoch"], "averaged_epochs": [c.epoch for c in members]}
-    if len(members) < 2:
+    start = next((c for c in candidates if c.epoch == 0), None)
+    if len(members) >= 2:
+        name, epoch = "average", members[-1].epoch
+        weights = {k: sum(c.weights[k] for c in members) / len(members) if v.is_floating_point() else v
+                   for k, v in members[-1].weights.items()}
+    elif members and state["best_epoch"] >= 1 and start is not None:
+        name, epoch, weights = "start", 0, start.weights
+    else:
         return {**record, "kept": "best"}, None
-    averaged = {k: sum(c.weights[k] for c in members) / len(members) if v.is_floating_point() else v
-                for k, v in members[-1].weights.items()}
-    average.load_state_dict(averaged)
-    right_average = right(average)
-    best_only, average_only = int((right_best & ~right_average).sum()), int((right_average & ~right_best).sum())
-    record |= {"best_only": best_only, "average_only": average_only,
-               "kept": "best" if clearly_better(best_only, average_only) else "average"}
+    other.load_state_dict(weights)
+    right_other = right(other)
+    best_only, other_only = int((right_best & ~right_other).sum()), int((right_other & ~right_best).sum())
+    record |= {"best_only": best_only, f"{name}_only": other_only,
+               "kept": "best" if clearly_better(best_only, other_only) else name}
     if record["kept"] == "best":
         return record, None
-    state["best_epoch"], state["best_acc"] = members[-1].epoch, float(right_average.mean())
-    return record, averaged
+    state["best_epoch"], state["best_acc"] = epoch, float(right_other.mean())
+    return record, weights
 
 
 def prefer_last(last: LabelDenoiser, best_weights: dict[str, torch.Tensor], right, state: dict, epochs: int) -> dict:
