@@ -139,7 +139,8 @@ class TrainConfig:
     # which weights are kept: "average" (default since 2026-12-07) = the mean of the weights of the trained
     # candidates within one standard error of the best held-out accuracy, unless the best candidate is
     # clearly more accurate (train.average_candidates): a noisy hold-out of a few hundred or thousand rows
-    # cannot tell the epochs of a plateau apart, and their average is better than any one of them;
+    # cannot tell the epochs of a plateau apart, and their average is better than any one of them; a lone
+    # trained best epoch is kept only if clearly more accurate than the untrained start (since 2026-12-07);
     # "best" = the candidate with the highest held-out accuracy (ties: the later; the default before);
     # "prefer_last" = the last epoch's weights unless the best candidate is clearly more accurate on the
     # held-out labels (McNemar's sign test, z = 2, on the rows only one of the two gets right)
