@@ -19,7 +19,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from lra_diffusion import __version__
 from lra_diffusion.errors import InputError
-from lra_diffusion.estimator import LRAClassifier
+from lra_diffusion.config import Config
+from lra_diffusion.estimator import LRAClassifier, kept_fit
+from lra_diffusion.train import TrainResult
 from lra_diffusion.io import sha256_array
 
 from conftest import TINY, make_blobs, weak_neighbours
@@ -285,12 +287,41 @@ def test_the_default_screen_fits_k0_too_only_where_the_vote_is_below_the_prior()
     selection = {int(k): acc for k, acc in screened.fit_info_["k_selection"].items()}
     assert set(selection) == {5, 0}
     chosen = screened.fit_info_["retrieval_k"]
-    assert chosen == screened.config_.retrieval.k and selection[chosen] == max(selection.values())
+    rivals = [acc for k, acc in selection.items() if k not in screened.fit_info_.get("k_at_start", [])]
+    assert chosen == screened.config_.retrieval.k and selection[chosen] == max(rivals)
     if selection[0] == selection[5]:
         assert chosen == 5  # the config's k wins ties
     # the same as k="auto" would have done (both fit the config's k, then k = 0)
     auto = LRAClassifier(k="auto", config=TINY, epochs=2, random_state=0).fit(X, y)
     assert {int(k): a for k, a in auto.fit_info_["k_selection"].items()} == selection
+
+
+PRIOR = {"kind": "linear", "linear_val_accuracy": 0.89}
+
+
+def k_fits(*results: TrainResult) -> list[tuple[Config, TrainResult]]:
+    return [(Config.from_dict({"retrieval": {"k": k}}), r) for k, r in zip((10, 0), results)]
+
+
+@pytest.mark.parametrize("first, second, kept, at_start", [
+    # the k = 0 fit ended at the start the k = 10 fit had weighed and passed over: k = 10 stays
+    (TrainResult(None, best_epoch=4, best_val_accuracy=0.891, prior=PRIOR, start_accuracy=0.894),
+     TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR, start_accuracy=0.894), 10, [0]),
+    # a trained k = 0 model, more accurate: kept
+    (TrainResult(None, best_epoch=4, best_val_accuracy=0.891, prior=PRIOR, start_accuracy=0.894),
+     TrainResult(None, best_epoch=3, best_val_accuracy=0.894, prior=PRIOR, start_accuracy=0.894), 0, []),
+    # another start (the k = 10 fit dropped its prior), or none weighed by the k = 10 fit: a rival
+    (TrainResult(None, best_epoch=4, best_val_accuracy=0.891, prior={"kind": "zero", "dropped": PRIOR},
+                 start_accuracy=0.5), TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR), 0, []),
+    (TrainResult(None, best_epoch=4, best_val_accuracy=0.891, prior=PRIOR),
+     TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR), 0, []),
+    # ties: the config's k
+    (TrainResult(None, best_epoch=4, best_val_accuracy=0.894, prior=PRIOR),
+     TrainResult(None, best_epoch=2, best_val_accuracy=0.894, prior=PRIOR), 10, []),
+])
+def test_the_k_check_passes_over_a_fit_that_ended_at_the_start_the_other_weighed(first, second, kept, at_start):
+    (config, result), passed = kept_fit(k_fits(first, second))
+    assert config.retrieval.k == kept and result is (first if kept == 10 else second) and passed == at_start
 
 
 def test_the_k_check_applies_to_the_config_k_only():

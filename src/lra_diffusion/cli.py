@@ -212,6 +212,9 @@ def fit(
     if "k_selection" in info:
         accs = ", ".join(f"k={kk}: {acc:.4f}" for kk, acc in info["k_selection"].items())
         typer.echo(f"k chosen on the validation labels: {accs}; kept k={info['retrieval_k']}")
+    for k in info.get("k_at_start", []):
+        typer.echo(f"  the k={k} fit ended at its untrained start (the prior), which the kept fit had weighed as a "
+                   f"candidate and passed over: not a rival")
     from .distributed import context, shutdown
 
     if context().is_main:

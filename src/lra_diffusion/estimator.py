@@ -27,9 +27,26 @@ from .features import FeatureRows, is_mapped, map_chunks
 from .io import load_tensors, read_json, save_tensors, sha256_array, write_json
 from .models import LabelDenoiser
 from .retrieval import class_capped_k
-from .train import train
+from .train import TrainResult, train
 
 RUN_FILES = ("config.json", "model.safetensors", "metrics.json")
+
+
+def kept_fit(fits: list[tuple[Config, TrainResult]]) -> tuple[tuple[Config, TrainResult], list[int]]:
+    """The k check's choice among its fits (the config's k first, then k = 0): the higher held-out accuracy,
+    the first fit winning ties. A later fit that ended at its untrained start (the prior) is no rival where
+    the first fit had that very start (the same prior, the same held-out accuracy) as a selection candidate:
+    the first fit's selection has already weighed it against what it kept and found it not clearly more
+    accurate, and a lead of a few held-out rows is the draw selection "average" is there to avoid (since
+    2026-12-07; BENCHMARKS "Defaults suite"). Returns the kept fit and the k of the fits passed over so."""
+    first = fits[0][1]
+
+    def at_start(r: TrainResult) -> bool:
+        return r.best_epoch == 0 and r.prior == first.prior and r.best_val_accuracy == first.start_accuracy
+
+    rivals = fits[:1] + [f for f in fits[1:] if not at_start(f[1])]
+    kept = max(rivals, key=lambda f: f[1].best_val_accuracy)
+    return kept, [c.retrieval.k for c, r in fits[1:] if at_start(r)]
 
 
 def check_finite(X: np.ndarray, what: str = "features") -> None:
@@ -218,8 +235,7 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             no_retrieval = config.replace(retrieval={"k": 0, "auto_k": "off"})
             fits.append((no_retrieval, fit_one(no_retrieval, subfolder=True)))
         selection = {c.retrieval.k: r.best_val_accuracy for c, r in fits}
-        best = max(fits, key=lambda f: f[1].best_val_accuracy)  # the first (the config's k) wins ties
-        config, result = best
+        (config, result), at_start = kept_fit(fits)
         if result.prior is not None and result.prior["kind"] == "zero":  # dropped (the labels flip in pairs)
             config = config.replace(diffusion={"prior": "zero"})
         self.config_ = config
@@ -243,6 +259,8 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
             self.fit_info_["k_rule"] = k_rule
         if len(selection) > 1:
             self.fit_info_["k_selection"] = {str(k): acc for k, acc in selection.items()}
+        if at_start:
+            self.fit_info_["k_at_start"] = at_start  # ended at the start the kept fit weighed (kept_fit)
         if run_dir is not None and distributed.context().is_main:  # under torchrun, rank 0 writes the run
             self.save(run_dir)
         return self

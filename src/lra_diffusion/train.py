@@ -69,6 +69,8 @@ class TrainResult:
     # and which was kept; "average": the averaged candidates' epochs, the rows only the best candidate /
     # only the average gets right, and which was kept (None: selection "best", or nothing to choose)
     selection: dict | None = None
+    # the untrained start's (the prior's) held-out accuracy where it was a selection candidate (None: it was not)
+    start_accuracy: float | None = None
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -290,6 +292,7 @@ def train(
         best_val_accuracy=state["best_acc"], epochs=epochs, steps=total,
         seconds=time.perf_counter() - started, train_index=rows.index, val_index=rows.val_index, neighbours=neighbours,
         resumed_from=resumed_from, k_rule=k_rule, prior=prior_info, selection=chosen, projection=projection,
+        start_accuracy=state.get("start", {}).get("val_accuracy"),
     )
 
 
