@@ -387,7 +387,8 @@ def run_row(row: str, seed: int, *, issues: bool, lra_kwargs: dict | None = None
            "epochs": est.fit_info_["epochs"], "steps": est.fit_info_["steps"],
            "best_val_accuracy": est.fit_info_["best_val_accuracy"], "best_epoch": est.fit_info_["best_epoch"],
            "k": est.fit_info_["retrieval_k"], "k_rule": est.fit_info_.get("k_rule"),
-           "k_selection": est.fit_info_.get("k_selection"), "prior": est.fit_info_.get("prior"),
+           "k_selection": est.fit_info_.get("k_selection"), "k_at_start": est.fit_info_.get("k_at_start"),
+           "prior": est.fit_info_.get("prior"),
            "selection": est.fit_info_.get("selection")}
     print(f"[{row} seed {seed}] LRA-diffusion {lra['test_accuracy']:.4f} ({lra['seconds']:.0f} s, "
           f"{lra['epochs']} epochs, k={lra['k']})", flush=True)

@@ -188,8 +188,8 @@ def run_lra(split: Split, *, config, seed: int = 0, verbose: bool = False, retur
         "train_noise_rate": float(wrong.mean()),
         # what the defaults chose: the kept k (0 where the k check's second fit won), the prior, the check,
         # the selected candidate
-        "fit_info": {key: est.fit_info_[key] for key in ("retrieval_k", "prior", "k_rule", "k_selection", "selection")
-                     if key in est.fit_info_},
+        "fit_info": {key: est.fit_info_[key] for key in ("retrieval_k", "prior", "k_rule", "k_selection", "k_at_start",
+                                                         "selection") if key in est.fit_info_},
     }
     return (record, est) if return_model else record
 
