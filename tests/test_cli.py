@@ -117,6 +117,17 @@ def test_fit_says_when_the_untrained_start_is_kept(inputs, tmp_path, monkeypatch
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]["kept"] == "start"
 
 
+def test_fit_says_when_the_k_check_passes_over_a_fit_at_its_start(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr("lra_diffusion.estimator.kept_fit", lambda fits: (fits[0], [0]))
+    res = lra(*fit_args(inputs, tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    assert "the k=0 fit ended at its untrained start (the prior), which the kept fit had weighed" in res.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["k_at_start"] == [0]
+    monkeypatch.undo()
+    res = lra(*fit_args(inputs, tmp_path / "plain"))
+    assert res.exit_code == 0 and "untrained start" not in res.stdout
+
+
 def test_fit_says_when_the_prior_is_fitted_to_the_retrieval_targets(inputs, tmp_path):
     res = lra(*fit_args(inputs, tmp_path / "run"))
     assert res.exit_code == 0 and "retrieval targets" not in res.stdout  # blobs: the vote is not ahead

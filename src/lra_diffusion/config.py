@@ -91,7 +91,8 @@ class RetrievalConfig:
     # a label-free check of k (BENCHMARKS "Defaults suite"): does the k-NN vote of the training labels
     # predict the held-out labels at least as well as the prior f_q? If not, a weak encoder's neighbours may
     # make the draws noisier than the labels. "screen": the estimator then also fits k = 0 and keeps the
-    # fit with the better held-out accuracy (k wins ties); "rule": train with k = 0 at once (no second
+    # fit with the better held-out accuracy (k wins ties; a k = 0 fit that ended at its untrained start, the
+    # prior the k fit weighed too, is no rival: estimator.kept_fit); "rule": train with k = 0 at once (no second
     # fit; it costs 8.5 points on one data set); "off": k as given
     auto_k: Literal["off", "screen", "rule"] = "screen"
     # the check on fewer held-out rows than this also counts the training rows, out of fold (0: never; an

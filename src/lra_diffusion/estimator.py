@@ -70,7 +70,9 @@ class LRAClassifier(ClassifierMixin, BaseEstimator):
     k : neighbours for label retrieval (None: the config's k, 10, capped where ``retrieval.rows_per_neighbour``
         is set; checked by ``retrieval.auto_k``: by
         default, where the k-NN vote of the training labels predicts the held-out labels worse than the
-        prior f_q does, a second fit with k = 0 is made and the one with the higher held-out accuracy kept;
+        prior f_q does, a second fit with k = 0 is made and the one with the higher held-out accuracy kept
+        (a k = 0 fit that ended at its untrained start, the prior the first fit weighed too, is no rival:
+        :func:`kept_fit`, ``fit_info_["k_at_start"]``);
         ``fit_info_["k_rule"]``, ``["k_selection"]`` and ``["retrieval_k"]`` say what was measured and kept).
         An integer is used as given; 0 disables retrieval. ``"auto"``
         fits twice, with the config's k and with k = 0, and keeps the fit with the higher accuracy on the
