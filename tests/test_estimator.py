@@ -315,9 +315,11 @@ def k_fits(*results: TrainResult) -> list[tuple[Config, TrainResult]]:
                  start_accuracy=0.5), TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR), 0, []),
     (TrainResult(None, best_epoch=4, best_val_accuracy=0.891, prior=PRIOR),
      TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR), 0, []),
-    # ties: the config's k
+    # ties: the config's k (both at the same start: nothing passed over)
     (TrainResult(None, best_epoch=4, best_val_accuracy=0.894, prior=PRIOR),
      TrainResult(None, best_epoch=2, best_val_accuracy=0.894, prior=PRIOR), 10, []),
+    (TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR, start_accuracy=0.894),
+     TrainResult(None, best_epoch=0, best_val_accuracy=0.894, prior=PRIOR, start_accuracy=0.894), 10, []),
 ])
 def test_the_k_check_passes_over_a_fit_that_ended_at_the_start_the_other_weighed(first, second, kept, at_start):
     (config, result), passed = kept_fit(k_fits(first, second))

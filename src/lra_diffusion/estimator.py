@@ -35,14 +35,15 @@ RUN_FILES = ("config.json", "model.safetensors", "metrics.json")
 def kept_fit(fits: list[tuple[Config, TrainResult]]) -> tuple[tuple[Config, TrainResult], list[int]]:
     """The k check's choice among its fits (the config's k first, then k = 0): the higher held-out accuracy,
     the first fit winning ties. A later fit that ended at its untrained start (the prior) is no rival where
-    the first fit had that very start (the same prior, the same held-out accuracy) as a selection candidate:
-    the first fit's selection has already weighed it against what it kept and found it not clearly more
-    accurate, and a lead of a few held-out rows is the draw selection "average" is there to avoid (since
+    the first fit had that very start (the same prior, the same held-out accuracy) as a selection candidate
+    and kept a trained model instead: the first fit's selection has already weighed the start against what
+    it kept and found it not clearly more accurate, and a lead of a few held-out rows is the draw selection "average" is there to avoid (since
     2026-12-07; BENCHMARKS "Defaults suite"). Returns the kept fit and the k of the fits passed over so."""
     first = fits[0][1]
 
     def at_start(r: TrainResult) -> bool:
-        return r.best_epoch == 0 and r.prior == first.prior and r.best_val_accuracy == first.start_accuracy
+        return (first.best_epoch != 0 and r.best_epoch == 0 and r.prior == first.prior
+                and r.best_val_accuracy == first.start_accuracy)
 
     rivals = fits[:1] + [f for f in fits[1:] if not at_start(f[1])]
     kept = max(rivals, key=lambda f: f[1].best_val_accuracy)
