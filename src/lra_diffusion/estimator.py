@@ -37,8 +37,9 @@ def kept_fit(fits: list[tuple[Config, TrainResult]]) -> tuple[tuple[Config, Trai
     the first fit winning ties. A later fit that ended at its untrained start (the prior) is no rival where
     the first fit had that very start (the same prior, the same held-out accuracy) as a selection candidate
     and kept a trained model instead: the first fit's selection has already weighed the start against what
-    it kept and found it not clearly more accurate, and a lead of a few held-out rows is the draw selection "average" is there to avoid (since
-    2026-12-07; BENCHMARKS "Defaults suite"). Returns the kept fit and the k of the fits passed over so."""
+    it kept and found it not clearly more accurate, and a lead of a few held-out rows is the draw that
+    selection "average" is there to avoid (since 2026-12-07; BENCHMARKS "Defaults suite"). Returns the kept
+    fit and the k of the fits passed over so."""
     first = fits[0][1]
 
     def at_start(r: TrainResult) -> bool:
