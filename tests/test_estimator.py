@@ -21,8 +21,8 @@ from lra_diffusion import __version__
 from lra_diffusion.errors import InputError
 from lra_diffusion.config import Config
 from lra_diffusion.estimator import LRAClassifier, kept_fit
-from lra_diffusion.train import TrainResult
 from lra_diffusion.io import sha256_array
+from lra_diffusion.train import TrainResult
 
 from conftest import TINY, make_blobs, weak_neighbours
 
